@@ -1,0 +1,25 @@
+"""async_sa: an async-first SQLAlchemy session manager.
+
+One ``db`` object owns the engines, routes models to databases by
+``__bind_key__``, gives every asyncio task its own session (``db.session``), and
+sends ``models_committed`` signals; with a Quart extension that runs the session
+lifecycle for every request.
+"""
+
+from __future__ import annotations
+
+from async_sa.errors import NotFound
+from async_sa.errors import UnknownBindKeyError
+from async_sa.extension import SQLAlchemy
+from async_sa.model import Model
+from async_sa.session import AsyncSession
+from async_sa.session import Session
+
+__all__ = [
+    "AsyncSession",
+    "Model",
+    "NotFound",
+    "SQLAlchemy",
+    "Session",
+    "UnknownBindKeyError",
+]

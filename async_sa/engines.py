@@ -1,0 +1,196 @@
+"""Engine configuration: async driver upgrade, option merging and SQLite defaults.
+
+Everything here is plain data in, :class:`AsyncEngine` out, so the standalone
+``SQLAlchemy(url=...)`` and the Quart extension build engines the same way.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import typing as t
+import uuid
+import weakref
+from collections.abc import Mapping
+
+import sqlalchemy as sa
+import sqlalchemy.ext.asyncio as sa_async
+
+from async_sa import event_loops
+
+BindKey = str | None
+"""The key of an engine: ``None`` for the default engine, else a ``__bind_key__``."""
+
+UrlLike = str | sa.URL
+BindConfig = UrlLike | Mapping[str, t.Any]
+
+_UPGRADE_BARE_BACKEND = {
+    "sqlite": "sqlite+aiosqlite",
+    "postgresql": "postgresql+asyncpg",
+    "postgres": "postgresql+asyncpg",
+    "mysql": "mysql+aiomysql",
+    "mariadb": "mariadb+aiomysql",
+}
+_SUGGESTED_ASYNC_DRIVER = {
+    "sqlite": "sqlite+aiosqlite",
+    "postgresql": "postgresql+asyncpg",
+    "mysql": "mysql+aiomysql",
+    "mariadb": "mariadb+aiomysql",
+    "mssql": "mssql+aioodbc",
+    "oracle": "oracle+oracledb",
+}
+SQLITE_BUSY_TIMEOUT = 30.0
+"""Seconds a SQLite connection waits for another's write lock before failing."""
+
+
+def redact(url: sa.URL) -> str:
+    """Render ``url`` for humans: the password, if any, is replaced by ``***``."""
+    return url.render_as_string(hide_password=True)
+
+
+def to_async_url(value: UrlLike, *, where: str) -> sa.URL:
+    """Parse ``value`` and make sure it names an async driver.
+
+    A bare backend (``sqlite://``, ``postgresql://``, ``postgres://``, ``mysql://``)
+    is upgraded to its usual async driver. A sync-only driver raises
+    :class:`ValueError` naming the driver and the async one to use.
+
+    :param where: the config key or argument the URL came from, for error messages.
+    """
+    try:
+        url = sa.make_url(value)
+    except sa.exc.ArgumentError:
+        shown = value if isinstance(value, str) and "@" not in value else "<hidden>"
+        raise ValueError(
+            f"{where} is not a database URL: {shown!r}. Expected something like "
+            "'sqlite:///app.db' or 'postgresql://user@host/dbname'."
+        ) from None
+    upgraded = _UPGRADE_BARE_BACKEND.get(url.drivername)
+    if upgraded is not None:
+        url = url.set(drivername=upgraded)
+    try:
+        dialect = url.get_dialect(_is_async=True)
+    except sa.exc.NoSuchModuleError:
+        raise ValueError(
+            f"{where} names an unknown database dialect {url.drivername!r} "
+            f"({redact(url)})."
+        ) from None
+    if not dialect.is_async:
+        backend = url.get_backend_name()
+        suggestion = _SUGGESTED_ASYNC_DRIVER.get(backend, f"{backend}+<async driver>")
+        raise ValueError(
+            f"{where} uses the synchronous driver {url.get_driver_name()!r} "
+            f"({redact(url)}); async_sa needs an async driver: use "
+            f"{suggestion!r} instead."
+        )
+    return url
+
+
+def resolve_engine_options(
+    *,
+    url: UrlLike | None,
+    binds: Mapping[str | None, BindConfig],
+    engine_options: Mapping[str, t.Any],
+    echo: bool | None,
+    sqlite_base_dir: str,
+    url_source: str,
+    binds_source: str,
+) -> dict[BindKey, dict[str, t.Any]]:
+    """Work out the ``create_async_engine`` options of every engine.
+
+    Each bind starts from ``engine_options``; its own dict form wins over them.
+    The default engine (key ``None``) exists only when ``url`` is given.
+
+    :param url_source: the config key or argument ``url`` came from.
+    :param binds_source: the config key or argument ``binds`` came from.
+    """
+    resolved: dict[BindKey, dict[str, t.Any]] = {}
+    for key, value in binds.items():
+        where = f"{binds_source}[{key!r}]"
+        if isinstance(value, Mapping):
+            options = {**engine_options, **value}
+            if "url" not in options:
+                raise ValueError(
+                    f"{where} has no 'url': add one, as in {{'url': ...}}."
+                )
+        elif isinstance(value, (str, sa.URL)):
+            options = {**engine_options, "url": value}
+        else:
+            raise TypeError(
+                f"{where} must be a URL string, a sqlalchemy.URL or a dict with a "
+                f"'url' key, not {type(value).__name__}."
+            )
+        resolved[key] = _finish_options(options, echo, sqlite_base_dir, where)
+    if url is not None:
+        options = {**engine_options, "url": url}
+        resolved[None] = _finish_options(options, echo, sqlite_base_dir, url_source)
+    return resolved
+
+
+def _finish_options(
+    options: dict[str, t.Any], echo: bool | None, sqlite_base_dir: str, where: str
+) -> dict[str, t.Any]:
+    url = to_async_url(options["url"], where=where)
+    if echo is not None:
+        options.setdefault("echo", echo)
+        options.setdefault("echo_pool", echo)
+    if url.get_backend_name() == "sqlite":
+        url = _apply_sqlite_defaults(url, options, sqlite_base_dir)
+    options["url"] = url
+    return options
+
+
+def _apply_sqlite_defaults(
+    url: sa.URL, options: dict[str, t.Any], base_dir: str
+) -> sa.URL:
+    """Give SQLite the defaults concurrent async code needs.
+
+    ``:memory:`` becomes a named in-memory database (SQLite's ``memdb`` VFS) that
+    every connection of the engine shares, so each session keeps its own
+    transaction instead of all of them sharing one connection. Relative file paths
+    are made absolute under ``base_dir``. Both get a busy timeout.
+    """
+    connect_args = dict(options.get("connect_args", {}))
+    connect_args.setdefault("timeout", SQLITE_BUSY_TIMEOUT)
+    options["connect_args"] = connect_args
+    database = url.database or ""
+    if database in ("", ":memory:") or url.query.get("mode") == "memory":
+        return url.set(
+            database=f"file:/async_sa_memory_{uuid.uuid4().hex}",
+            query={"vfs": "memdb", "uri": "true"},
+        )
+    is_uri = url.query.get("uri") == "true" and database.startswith("file:")
+    path = database[len("file:") :] if is_uri else database
+    if os.path.isabs(path):
+        return url
+    os.makedirs(base_dir, exist_ok=True)
+    path = os.path.join(base_dir, path)
+    return url.set(database=f"file:{path}" if is_uri else path)
+
+
+def create_engine(options: Mapping[str, t.Any]) -> sa_async.AsyncEngine:
+    """Create one engine from resolved options (see :func:`resolve_engine_options`).
+
+    Its connections are tied to the event loop that opened them (see
+    :mod:`async_sa.event_loops`), and a shared in-memory SQLite database is kept
+    alive for as long as the engine exists.
+    """
+    options = dict(options)
+    url: sa.URL = options.pop("url")
+    engine = sa_async.create_async_engine(url, **options)
+    if url.query.get("vfs") == "memdb":
+        _keep_memory_database_alive(engine, url)
+    event_loops.keep_connections_in_their_loop(engine)
+    return engine
+
+
+def _keep_memory_database_alive(engine: sa_async.AsyncEngine, url: sa.URL) -> None:
+    """Hold one plain connection to a ``memdb`` database while the engine lives.
+
+    SQLite frees such a database when its last connection closes; without this,
+    disposing the pool (which happens whenever an event loop ends) would empty it.
+    """
+    anchor = sqlite3.connect(
+        f"{url.database}?vfs=memdb", uri=True, check_same_thread=False
+    )
+    weakref.finalize(engine.sync_engine, anchor.close)

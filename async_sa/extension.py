@@ -1,0 +1,318 @@
+"""The ``SQLAlchemy`` object: engines, metadata, models and the task-scoped session."""
+
+from __future__ import annotations
+
+import os
+import typing as t
+import weakref
+from collections.abc import Callable
+from collections.abc import Iterable
+from collections.abc import Mapping
+
+import sqlalchemy as sa
+import sqlalchemy.ext.asyncio as sa_async
+import sqlalchemy.orm as sa_orm
+
+from async_sa import engines as _engines
+from async_sa.engines import BindConfig
+from async_sa.engines import BindKey
+from async_sa.engines import UrlLike
+from async_sa.model import make_model_base
+from async_sa.scoping import ScopedSession
+from async_sa.session import AsyncSession
+from async_sa.session import Session
+from async_sa.state import State
+
+_ALL = "__all__"
+BindKeys = BindKey | Iterable[BindKey]
+"""One bind key, several, or ``"__all__"``."""
+
+
+class SQLAlchemy:
+    """One object that owns the engines, the models and the session.
+
+    Standalone, give it the database URL::
+
+        db = SQLAlchemy(url="sqlite:///app.db")
+        async with db.session() as session: ...
+
+    Under Quart, give it the app (or call :meth:`init_app` later); the
+    ``SQLALCHEMY_*`` config keys then beat the arguments given here.
+
+    :param url: the default engine's URL (bind key ``None``).
+    :param binds: bind key → URL, or → ``{"url": ..., **engine options}``.
+    :param engine_options: ``create_async_engine`` options for every engine; a
+        bind's own options win.
+    :param session_options: ``async_sessionmaker`` options; the default is
+        ``expire_on_commit=False``. ``class_`` must subclass
+        :class:`async_sa.AsyncSession` and ``sync_session_class``
+        :class:`async_sa.Session`.
+    :param track_modifications: send :mod:`async_sa.signals` on commit.
+    :param record_queries: record queries for :func:`get_recorded_queries`.
+    :param metadata: the default ``MetaData`` (for the default model base).
+    :param model_class: a ``DeclarativeBase`` subclass to build ``db.Model`` on.
+    :param disable_autonaming: do not derive ``__tablename__`` from class names.
+    """
+
+    def __init__(
+        self,
+        app: t.Any = None,
+        *,
+        url: UrlLike | None = None,
+        binds: Mapping[str | None, BindConfig] | None = None,
+        engine_options: Mapping[str, t.Any] | None = None,
+        session_options: Mapping[str, t.Any] | None = None,
+        track_modifications: bool = False,
+        record_queries: bool = False,
+        metadata: sa.MetaData | None = None,
+        model_class: type[t.Any] | None = None,
+        disable_autonaming: bool = False,
+    ) -> None:
+        self._url = url
+        self._binds = dict(binds or {})
+        self._engine_options = dict(engine_options or {})
+        self._track_modifications = track_modifications
+        self._record_queries = record_queries
+        self._disable_autonaming = disable_autonaming
+        self._standalone: State | None = None
+        self._app_states: weakref.WeakKeyDictionary[t.Any, State] = (
+            weakref.WeakKeyDictionary()
+        )
+        self._find_app_state: Callable[[], State | None] | None = None
+        """Set by :meth:`init_app`: the state of the current app, if any."""
+
+        self.metadatas: dict[BindKey, sa.MetaData] = {}
+        """Bind key → the ``MetaData`` holding the tables of that bind."""
+        self.Model: type[t.Any] = make_model_base(self, model_class, metadata)
+        """The declarative base for models; see :class:`async_sa.Model`."""
+        self.Model.metadata.info["bind_key"] = None
+        self.metadatas[None] = self.Model.metadata
+
+        self.sessionmaker: sa_async.async_sessionmaker[AsyncSession] = (
+            _make_sessionmaker(self, session_options or {})
+        )
+        """Makes explicit, unscoped sessions configured like ``db.session``."""
+        self.session: ScopedSession[AsyncSession] = ScopedSession(self.sessionmaker)
+        """The current task's session; see :class:`async_sa.scoping.ScopedSession`."""
+        if app is not None:
+            self.init_app(app)
+
+    def init_app(self, app: t.Any) -> None:
+        """Configure this object for a Quart ``app`` (needs the ``quart`` extra)."""
+        from async_sa.quart import init_app
+
+        init_app(self, app)
+
+    def __repr__(self) -> str:
+        state = self._standalone
+        if state is None or None not in state.engines:
+            return f"<{type(self).__name__}>"
+        url = _engines.redact(state.engines[None].url)
+        return f"<{type(self).__name__} {url} +{len(state.engines) - 1} binds>"
+
+    def __getattr__(self, name: str) -> t.Any:
+        """``db.Column``, ``db.select``, ...: names from ``sqlalchemy`` and
+        ``sqlalchemy.orm``, as Flask-SQLAlchemy offers them."""
+        if not name.startswith("_"):
+            for module in (sa, sa_orm):
+                if hasattr(module, name):
+                    return getattr(module, name)
+        raise AttributeError(
+            f"{type(self).__name__!r} object has no attribute {name!r}"
+        )
+
+    # -- engines -----------------------------------------------------------------
+
+    @property
+    def engines(self) -> Mapping[BindKey, sa_async.AsyncEngine]:
+        """Bind key → engine of the current owner; ``None`` is the default engine."""
+        return self._current_state().engines
+
+    @property
+    def engine(self) -> sa_async.AsyncEngine:
+        """The default engine (bind key ``None``)."""
+        return self._current_state().engine(None)
+
+    def get_engine(self, bind_key: BindKey = None) -> sa_async.AsyncEngine:
+        """The engine for ``bind_key``.
+
+        :raises UnknownBindKeyError: no engine is configured for that key.
+        """
+        return self._current_state().engine(bind_key)
+
+    def _current_state(self) -> State:
+        """The state sessions made now belong to: the current app's, else ours."""
+        if self._find_app_state is not None:
+            state = self._find_app_state()
+            if state is not None:
+                return state
+        if self._standalone is None:
+            self._standalone = self._make_standalone_state()
+        return self._standalone
+
+    def _make_standalone_state(self) -> State:
+        if self._url is None and not self._binds:
+            if self._find_app_state is not None:
+                raise RuntimeError(
+                    "This SQLAlchemy object is configured through init_app(app) "
+                    "and was used outside an app context: push one with "
+                    "'async with app.app_context():', or pass url= to "
+                    "SQLAlchemy() for use outside Quart."
+                )
+            raise RuntimeError(
+                "No database is configured: pass url= (or binds=) to SQLAlchemy(), "
+                "or call db.init_app(app) with SQLALCHEMY_DATABASE_URI (or "
+                "SQLALCHEMY_BINDS) set in app.config."
+            )
+        options = _engines.resolve_engine_options(
+            url=self._url,
+            binds=self._binds,
+            engine_options=self._engine_options,
+            echo=None,
+            sqlite_base_dir=os.getcwd(),
+            url_source="url=",
+            binds_source="binds=",
+        )
+        return self._make_state(options, sender=self)
+
+    def _make_state(
+        self,
+        engine_options: Mapping[BindKey, Mapping[str, t.Any]],
+        *,
+        sender: t.Any,
+        track_modifications: bool | None = None,
+        record_queries: bool | None = None,
+        commit_on_success: bool = False,
+    ) -> State:
+        """Create the engines of one owner (the standalone ``db`` or one app)."""
+        engines = {
+            key: _engines.create_engine(options)
+            for key, options in engine_options.items()
+        }
+        return State(
+            engines=engines,
+            sender=sender,
+            track_modifications=(
+                self._track_modifications
+                if track_modifications is None
+                else track_modifications
+            ),
+            record_queries=(
+                self._record_queries if record_queries is None else record_queries
+            ),
+            commit_on_success=commit_on_success,
+        )
+
+    async def dispose(self) -> None:
+        """Dispose every engine this object created, standalone and per app.
+
+        Sessions of finished tasks still closing in the background are waited
+        for first. Pooled connections are closed; the engines stay usable.
+        """
+        await self.session.registry.wait_closed()
+        states = [*self._app_states.values()]
+        if self._standalone is not None:
+            states.append(self._standalone)
+        for state in states:
+            for engine in state.engines.values():
+                await engine.dispose()
+
+    async def __aenter__(self) -> SQLAlchemy:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.dispose()
+
+    # -- metadata and tables ----------------------------------------------------------
+
+    @property
+    def metadata(self) -> sa.MetaData:
+        """The default ``MetaData`` (bind key ``None``)."""
+        return self.metadatas[None]
+
+    def _make_metadata(self, bind_key: BindKey) -> sa.MetaData:
+        """The metadata of ``bind_key``, created on first use with the default
+        metadata's naming convention."""
+        metadata = self.metadatas.get(bind_key)
+        if metadata is None:
+            metadata = sa.MetaData(
+                naming_convention=self.metadata.naming_convention,
+                info={"bind_key": bind_key},
+            )
+            self.metadatas[bind_key] = metadata
+        return metadata
+
+    def Table(  # noqa: N802 - named like the class it makes, as in Flask-SQLAlchemy
+        self, name: str, *args: t.Any, bind_key: BindKey = None, **kwargs: t.Any
+    ) -> sa.Table:
+        """A ``sqlalchemy.Table`` in the metadata of ``bind_key``.
+
+        A ``MetaData`` given as the second argument is used instead.
+        """
+        if args and isinstance(args[0], sa.MetaData):
+            return sa.Table(name, *args, **kwargs)
+        return sa.Table(name, self._make_metadata(bind_key), *args, **kwargs)
+
+    async def create_all(self, bind_key: BindKeys = _ALL) -> None:
+        """Create the tables of ``bind_key``: one key, a list, or ``"__all__"``.
+
+        :raises UnknownBindKeyError: a key (or a model's ``__bind_key__``) has no
+            engine configured.
+        """
+        await self._run_on_metadata("create_all", bind_key)
+
+    async def drop_all(self, bind_key: BindKeys = _ALL) -> None:
+        """Drop the tables of ``bind_key``: one key, a list, or ``"__all__"``."""
+        await self._run_on_metadata("drop_all", bind_key)
+
+    async def reflect(self, bind_key: BindKeys = _ALL) -> None:
+        """Load the tables of ``bind_key``'s databases into their metadata."""
+        await self._run_on_metadata("reflect", bind_key)
+
+    async def _run_on_metadata(self, operation: str, bind_key: BindKeys) -> None:
+        state = self._current_state()
+        if bind_key == _ALL:
+            keys: list[BindKey] = [
+                key
+                for key, metadata in self.metadatas.items()
+                if metadata.tables or key in state.engines
+            ]
+            if operation == "reflect":
+                keys = list(state.engines)
+        elif bind_key is None or isinstance(bind_key, str):
+            keys = [bind_key]
+        else:
+            keys = list(bind_key)
+        for key in keys:
+            engine = state.engine(key)
+            metadata = self._make_metadata(key)
+            async with engine.begin() as connection:
+                await connection.run_sync(getattr(metadata, operation))
+
+
+def _make_sessionmaker(
+    db: SQLAlchemy, options: Mapping[str, t.Any]
+) -> sa_async.async_sessionmaker[AsyncSession]:
+    options = {
+        "class_": AsyncSession,
+        "sync_session_class": Session,
+        "expire_on_commit": False,
+        **options,
+    }
+    class_, sync_class = options["class_"], options["sync_session_class"]
+    if not (isinstance(class_, type) and issubclass(class_, AsyncSession)):
+        raise TypeError(
+            f"session_options['class_'] must subclass async_sa.AsyncSession, "
+            f"not {class_!r}."
+        )
+    if not (isinstance(sync_class, type) and issubclass(sync_class, Session)):
+        raise TypeError(
+            f"session_options['sync_session_class'] must subclass "
+            f"async_sa.Session (which routes bind keys), not {sync_class!r}."
+        )
+    if "scopefunc" in options:
+        raise TypeError(
+            "session_options['scopefunc'] is not supported: db.session is "
+            "always scoped to the current asyncio task."
+        )
+    return sa_async.async_sessionmaker(db=db, **options)

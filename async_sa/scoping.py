@@ -1,0 +1,125 @@
+"""``db.session``: one session per asyncio task, closed when the task ends."""
+
+from __future__ import annotations
+
+import asyncio
+import typing as t
+
+import sqlalchemy.ext.asyncio as sa_async
+from sqlalchemy.util import ScopedRegistry
+
+from async_sa.cleanup import close_in_background
+from async_sa.cleanup import run_to_completion
+from async_sa.session import AsyncSession
+
+_AS = t.TypeVar("_AS", bound=AsyncSession)
+
+
+def current_task() -> asyncio.Task[t.Any]:
+    """The running task, or a :class:`RuntimeError` saying why there is none."""
+    try:
+        task = asyncio.current_task()
+    except RuntimeError:
+        raise RuntimeError(
+            "db.session needs a running event loop: use it from async code, "
+            "for example inside asyncio.run(...) or a request handler."
+        ) from None
+    if task is None:
+        raise RuntimeError(
+            "db.session must be used from an asyncio task, not from a bare "
+            "callback: wrap the code in a coroutine run by asyncio.create_task()."
+        )
+    return task
+
+
+class TaskRegistry(ScopedRegistry[_AS]):
+    """Sessions keyed by the task that uses them.
+
+    A task that ends without removing its session has it closed in the
+    background (its connection goes back to the pool) and forgotten, so the
+    registry never keeps a finished task or its session alive.
+    """
+
+    def __init__(self, createfunc: t.Callable[[], _AS]) -> None:
+        super().__init__(createfunc, current_task)
+        self._closing: set[asyncio.Task[None]] = set()
+
+    def __call__(self) -> _AS:
+        task = current_task()
+        try:
+            session: _AS = self.registry[task]
+        except KeyError:
+            session = self.createfunc()
+            self._register(task, session)
+        return session
+
+    def has(self) -> bool:
+        return current_task() in self.registry
+
+    def set(self, obj: _AS) -> None:
+        task = current_task()
+        self.pop(task)
+        self._register(task, obj)
+
+    def clear(self) -> None:
+        self.pop(current_task())
+
+    def pop(self, task: asyncio.Task[t.Any]) -> _AS | None:
+        """Unregister and return the session of ``task``, without closing it."""
+        session: _AS | None = self.registry.pop(task, None)
+        if session is not None:
+            task.remove_done_callback(self._close_orphan)
+            session._async_sa_registry = session._async_sa_task = None
+        return session
+
+    def forget(self, session: AsyncSession) -> None:
+        """Unregister ``session`` if it is still its task's session."""
+        task = session._async_sa_task
+        if task is not None and self.registry.get(task) is session:
+            self.pop(task)
+
+    async def wait_closed(self) -> None:
+        """Wait until the sessions of finished tasks, closing in the background,
+        are closed (in the running loop)."""
+        loop = asyncio.get_running_loop()
+        pending = [task for task in self._closing if task.get_loop() is loop]
+        if pending:
+            await asyncio.wait(pending)
+
+    def _register(self, task: asyncio.Task[t.Any], session: _AS) -> None:
+        self.registry[task] = session
+        session._async_sa_registry = self
+        session._async_sa_task = task
+        task.add_done_callback(self._close_orphan)
+
+    def _close_orphan(self, task: asyncio.Task[t.Any]) -> None:
+        session = self.registry.pop(task, None)
+        if session is None:
+            return
+        session._async_sa_registry = session._async_sa_task = None
+        closer = close_in_background(session, task.get_loop())
+        self._closing.add(closer)
+        closer.add_done_callback(self._closing.discard)
+
+
+class ScopedSession(sa_async.async_scoped_session[_AS]):
+    """``db.session``: proxies every :class:`AsyncSession` method to the session of
+    the current task, made on first use.
+
+    ``db.session()`` returns that session. ``await db.session.remove()`` closes and
+    unregisters it; a task that ends without doing so has it closed for it.
+    Outside a running event loop, every use raises :class:`RuntimeError`.
+    """
+
+    registry: TaskRegistry[_AS]
+
+    def __init__(self, session_factory: sa_async.async_sessionmaker[_AS]) -> None:
+        super().__init__(session_factory, scopefunc=current_task)
+        self.registry = TaskRegistry(session_factory)
+
+    async def remove(self) -> None:
+        """Close the current task's session (rolling back uncommitted work) and
+        unregister it. Cancelling the caller does not interrupt the close."""
+        session = self.registry.pop(current_task())
+        if session is not None:
+            await run_to_completion(session.close())

@@ -1,0 +1,113 @@
+"""The session classes: bind-key routing in the sync session, scope-aware exit."""
+
+from __future__ import annotations
+
+import asyncio
+import typing as t
+
+import sqlalchemy as sa
+import sqlalchemy.ext.asyncio as sa_async
+import sqlalchemy.orm as sa_orm
+from sqlalchemy.sql import visitors
+
+from async_sa.cleanup import run_to_completion
+from async_sa.state import State
+
+if t.TYPE_CHECKING:
+    from async_sa.extension import SQLAlchemy
+    from async_sa.scoping import TaskRegistry
+
+_NO_BIND_KEY = object()
+
+
+class Session(sa_orm.Session):
+    """The sync session behind every :class:`AsyncSession` of a ``db``.
+
+    It belongs to the owner (the standalone ``db`` or the current Quart app) that
+    was active when it was made, and routes each statement to one of that owner's
+    engines, in this order: an explicit ``bind``; ``bind_arguments={"bind_key":
+    ...}``; the bind key of the mapped table; the first table of a Core statement
+    (selects, joins, subqueries, insert/update/delete); the default engine.
+
+    A custom ``sync_session_class`` must subclass this one.
+    """
+
+    _async_sa_state: State
+
+    def __init__(self, *, db: SQLAlchemy, **kwargs: t.Any) -> None:
+        self._async_sa_state = db._current_state()
+        super().__init__(**kwargs)
+
+    def get_bind(
+        self,
+        mapper: t.Any = None,
+        *,
+        clause: sa.ClauseElement | None = None,
+        bind: sa.Engine | sa.Connection | None = None,
+        **kwargs: t.Any,
+    ) -> sa.Engine | sa.Connection:
+        """Pick the engine for a statement; see the class docstring for the order.
+
+        :raises UnknownBindKeyError: the key found has no engine configured.
+        """
+        if bind is not None:
+            return bind
+        state = self._async_sa_state
+        bind_key = kwargs.get("bind_key", _NO_BIND_KEY)
+        if bind_key is not _NO_BIND_KEY:
+            return state.sync_engine(bind_key)
+        if mapper is not None:
+            try:
+                return state.routes[mapper]
+            except KeyError:
+                selectable = sa.inspect(mapper).local_table
+                engine = state.routes[mapper] = _engine_for(state, selectable)
+                return engine
+        if clause is not None:
+            return _engine_for(state, clause)
+        return state.sync_engine(None)
+
+
+def _engine_for(state: State, clause: sa.ClauseElement) -> sa.Engine:
+    """The engine of the first table found in ``clause``, else the default one."""
+    table = _first_table(clause)
+    if table is None:
+        return state.sync_engine(None)
+    try:
+        return state.routes[table]
+    except KeyError:
+        bind_key = table.metadata.info.get("bind_key")
+        engine = state.routes[table] = state.sync_engine(bind_key)
+        return engine
+
+
+def _first_table(clause: sa.ClauseElement) -> sa.Table | None:
+    for element in visitors.iterate(clause):
+        if isinstance(element, sa.Table):
+            return element
+        table = getattr(element, "table", None)
+        if isinstance(table, sa.Table):
+            return table
+    return None
+
+
+class AsyncSession(sa_async.AsyncSession):
+    """The async session ``db.session`` and ``db.sessionmaker`` make.
+
+    Leaving ``async with`` closes it (rolling back uncommitted work) even if the
+    task is cancelled meanwhile, and unregisters it from ``db.session``, so the
+    next ``db.session()`` in that task is a fresh session.
+
+    A custom ``class_`` in ``session_options`` must subclass this one.
+    """
+
+    sync_session_class = Session
+    _async_sa_registry: TaskRegistry[t.Any] | None = None
+    _async_sa_task: asyncio.Task[t.Any] | None = None
+
+    async def __aexit__(self, type_: t.Any, value: t.Any, traceback: t.Any) -> None:
+        try:
+            await run_to_completion(self.close())
+        finally:
+            if self._async_sa_registry is not None:
+                self._async_sa_registry.forget(self)

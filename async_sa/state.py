@@ -1,0 +1,47 @@
+"""The engines and switches of one owner: the standalone ``db`` or one Quart app."""
+
+from __future__ import annotations
+
+import dataclasses
+import typing as t
+
+import sqlalchemy as sa
+import sqlalchemy.ext.asyncio as sa_async
+
+from async_sa.engines import BindKey
+from async_sa.errors import UnknownBindKeyError
+
+
+@dataclasses.dataclass(eq=False)
+class State:
+    """Everything a session needs from its owner, resolved once when it is made.
+
+    :param engines: bind key → engine; ``None`` is the default engine.
+    :param sender: the sender of the commit signals (the Quart app, else ``db``).
+    """
+
+    engines: dict[BindKey, sa_async.AsyncEngine]
+    sender: t.Any
+    track_modifications: bool = False
+    record_queries: bool = False
+    commit_on_success: bool = False
+    sync_engines: dict[BindKey, sa.Engine] = dataclasses.field(init=False)
+    routes: dict[t.Any, sa.Engine] = dataclasses.field(default_factory=dict)
+    """Engine per mapper and per table, filled as sessions route statements."""
+
+    def __post_init__(self) -> None:
+        self.sync_engines = {k: e.sync_engine for k, e in self.engines.items()}
+
+    def engine(self, key: BindKey) -> sa_async.AsyncEngine:
+        """The engine for ``key``, or :class:`UnknownBindKeyError` naming it."""
+        try:
+            return self.engines[key]
+        except KeyError:
+            raise UnknownBindKeyError(key, self.engines) from None
+
+    def sync_engine(self, key: BindKey) -> sa.Engine:
+        """The sync engine behind :meth:`engine`, for ``Session.get_bind``."""
+        try:
+            return self.sync_engines[key]
+        except KeyError:
+            raise UnknownBindKeyError(key, self.engines) from None

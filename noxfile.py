@@ -1,0 +1,58 @@
+"""Development sessions: tests (SQLite and PostgreSQL), lint, typing, bench, demo.
+
+PostgreSQL cases read ``ASYNC_SA_TEST_POSTGRES_URL`` and skip when no server
+answers, unless ``ASYNC_SA_REQUIRE_POSTGRES=1``.
+"""
+
+from __future__ import annotations
+
+import nox
+
+nox.options.sessions = ["tests", "lint", "typing"]
+nox.options.reuse_existing_virtualenvs = True
+
+OLDEST_SQLALCHEMY = "2.0.30"
+
+
+@nox.session
+def tests(session: nox.Session) -> None:
+    """The test suite on SQLite and PostgreSQL, with the newest dependencies."""
+    session.install("-e", ".[postgresql,quart]", "--group", "tests")
+    session.run("pytest", *session.posargs)
+
+
+@nox.session
+def tests_min(session: nox.Session) -> None:
+    """The test suite on the oldest supported SQLAlchemy 2.0 release."""
+    session.install("-e", ".[postgresql,quart]", "--group", "tests")
+    session.install(f"sqlalchemy[asyncio]=={OLDEST_SQLALCHEMY}")
+    session.run("pytest", *session.posargs)
+
+
+@nox.session
+def lint(session: nox.Session) -> None:
+    """ruff: lint and formatting."""
+    session.install("--group", "lint")
+    session.run("ruff", "check", ".")
+    session.run("ruff", "format", "--check", ".")
+
+
+@nox.session
+def typing(session: nox.Session) -> None:
+    """mypy --strict over the package, tests, examples and benchmarks."""
+    session.install("-e", ".[postgresql,quart]", "--group", "typing")
+    session.run("mypy")
+
+
+@nox.session
+def bench(session: nox.Session) -> None:
+    """Benchmarks: ratios against plain SQLAlchemy asyncio (never run by tests)."""
+    session.install("-e", ".[postgresql,quart]", "--group", "bench")
+    session.run("python", "-m", "benchmarks", *session.posargs)
+
+
+@nox.session
+def demo(session: nox.Session) -> None:
+    """The standalone example script on embedded SQLite."""
+    session.install("-e", ".")
+    session.run("python", "examples/standalone.py")

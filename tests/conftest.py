@@ -1,0 +1,160 @@
+"""Fixtures: every database test runs on SQLite (memory and file) and PostgreSQL.
+
+PostgreSQL is reached at ``ASYNC_SA_TEST_POSTGRES_URL`` (default
+``postgresql+asyncpg://postgres@127.0.0.1:5432/test``). When no server answers,
+its cases are skipped with a reason, unless ``ASYNC_SA_REQUIRE_POSTGRES=1``, which
+makes them fail instead. Each PostgreSQL test gets a schema of its own, dropped
+afterwards, so runs never collide.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import functools
+import importlib.util
+import os
+import typing as t
+import uuid
+from collections.abc import AsyncIterator
+from collections.abc import Callable
+
+import pytest
+import sqlalchemy as sa
+
+from async_sa import SQLAlchemy
+
+collect_ignore_glob = [] if importlib.util.find_spec("quart") else ["*quart*"]
+
+POSTGRES_URL = os.environ.get(
+    "ASYNC_SA_TEST_POSTGRES_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/test"
+)
+REQUIRE_POSTGRES = os.environ.get("ASYNC_SA_REQUIRE_POSTGRES") == "1"
+
+
+def asyncpg_dsn(url: str | sa.URL) -> str:
+    """The plain ``postgresql://`` DSN asyncpg takes for a SQLAlchemy URL."""
+    plain = sa.make_url(url).set(drivername="postgresql")
+    return plain.render_as_string(hide_password=False)
+
+
+@functools.cache
+def postgres_unavailable() -> str | None:
+    """Why PostgreSQL cannot be used here, or ``None`` when it answers."""
+    try:
+        import asyncpg
+    except ImportError:
+        return "asyncpg is not installed (pip install 'async_sa[postgresql]')"
+
+    async def probe() -> None:
+        connection = await asyncpg.connect(asyncpg_dsn(POSTGRES_URL), timeout=3)
+        await connection.close()
+
+    try:
+        asyncio.run(probe())
+    except (OSError, asyncio.TimeoutError, asyncpg.PostgresError) as error:
+        shown = sa.make_url(POSTGRES_URL).render_as_string(hide_password=True)
+        return (
+            f"no PostgreSQL server answers at {shown} ({type(error).__name__}); "
+            "set ASYNC_SA_TEST_POSTGRES_URL to run these cases "
+            "(ASYNC_SA_REQUIRE_POSTGRES=1 makes this a failure)"
+        )
+    return None
+
+
+def require_postgres() -> None:
+    """Skip (or, when required, fail) the current test without PostgreSQL."""
+    reason = postgres_unavailable()
+    if reason is not None:
+        if REQUIRE_POSTGRES:
+            pytest.fail(f"PostgreSQL is required: {reason}")
+        pytest.skip(reason)
+
+
+@dataclasses.dataclass
+class Backend:
+    """One database to run a test on: its URL and the engine options it needs."""
+
+    name: str
+    url: str
+    engine_options: dict[str, t.Any] = dataclasses.field(default_factory=dict)
+
+    @property
+    def is_postgres(self) -> bool:
+        return self.name == "postgresql"
+
+    def bind(self, **options: t.Any) -> dict[str, t.Any]:
+        """This database as a ``binds`` entry, with extra engine ``options``."""
+        return {"url": self.url, **self.engine_options, **options}
+
+
+BACKENDS = ["sqlite_memory", "sqlite_file", "postgresql"]
+
+
+async def _postgres_backend() -> AsyncIterator[Backend]:
+    require_postgres()
+    import asyncpg
+
+    schema = f"async_sa_test_{uuid.uuid4().hex[:12]}"
+    connection = await asyncpg.connect(asyncpg_dsn(POSTGRES_URL))
+    try:
+        await connection.execute(f'CREATE SCHEMA "{schema}"')
+        options = {"connect_args": {"server_settings": {"search_path": schema}}}
+        yield Backend("postgresql", POSTGRES_URL, options)
+    finally:
+        await connection.execute(f'DROP SCHEMA "{schema}" CASCADE')
+        await connection.close()
+
+
+@pytest.fixture(params=BACKENDS)
+async def backend(
+    request: pytest.FixtureRequest, tmp_path: t.Any
+) -> AsyncIterator[Backend]:
+    """Each database a test runs on: in-memory SQLite, file SQLite, PostgreSQL."""
+    if request.param == "sqlite_memory":
+        yield Backend("sqlite_memory", "sqlite://")
+    elif request.param == "sqlite_file":
+        yield Backend("sqlite_file", f"sqlite:///{tmp_path / 'test.db'}")
+    else:
+        async for backend in _postgres_backend():
+            yield backend
+
+
+@pytest.fixture
+async def postgres() -> AsyncIterator[Backend]:
+    """PostgreSQL alone, for tests that only make sense there."""
+    async for backend in _postgres_backend():
+        yield backend
+
+
+MakeDb = Callable[..., SQLAlchemy]
+
+
+@pytest.fixture
+async def make_db(backend: Backend) -> AsyncIterator[MakeDb]:
+    """Build ``SQLAlchemy`` objects on ``backend``; all are disposed afterwards.
+
+    Keyword arguments go to ``SQLAlchemy``; ``url`` and ``engine_options``
+    default to the backend's.
+    """
+    made: list[SQLAlchemy] = []
+
+    def make(**kwargs: t.Any) -> SQLAlchemy:
+        kwargs.setdefault("url", backend.url)
+        kwargs["engine_options"] = {
+            **backend.engine_options,
+            **kwargs.get("engine_options", {}),
+        }
+        db = SQLAlchemy(**kwargs)
+        made.append(db)
+        return db
+
+    yield make
+    for db in made:
+        await db.dispose()
+
+
+@pytest.fixture
+def db(make_db: MakeDb) -> SQLAlchemy:
+    """A default ``SQLAlchemy`` object on the test's backend."""
+    return make_db()
