@@ -4,12 +4,25 @@ from __future__ import annotations
 
 import dataclasses
 import typing as t
+from collections.abc import Callable
+from collections.abc import Mapping
 
 import sqlalchemy as sa
 import sqlalchemy.ext.asyncio as sa_async
 
 from async_sa.engines import BindKey
+from async_sa.errors import NotFound
 from async_sa.errors import UnknownBindKeyError
+
+
+def raise_not_found(description: str | None) -> t.NoReturn:
+    """Standalone 404: raise :class:`NotFound` (Quart's ``abort(404)`` replaces it)."""
+    raise NotFound(description)
+
+
+def no_request_args() -> Mapping[str, str] | None:
+    """Standalone code has no request, so pagination uses its defaults."""
+    return None
 
 
 @dataclasses.dataclass(eq=False)
@@ -28,6 +41,10 @@ class State:
     sync_engines: dict[BindKey, sa.Engine] = dataclasses.field(init=False)
     routes: dict[t.Any, sa.Engine] = dataclasses.field(default_factory=dict)
     """Engine per mapper and per table, filled as sessions route statements."""
+    not_found: Callable[[str | None], t.NoReturn] = raise_not_found
+    """Ends a ``*_or_404`` helper or a bad page: ``abort(404)`` under Quart."""
+    request_args: Callable[[], Mapping[str, str] | None] = no_request_args
+    """The current request's query string, where there is a request."""
 
     def __post_init__(self) -> None:
         self.sync_engines = {k: e.sync_engine for k, e in self.engines.items()}
