@@ -177,7 +177,13 @@ def create_engine(options: Mapping[str, t.Any]) -> sa_async.AsyncEngine:
     """
     options = dict(options)
     url: sa.URL = options.pop("url")
-    engine = sa_async.create_async_engine(url, **options)
+    try:
+        engine = sa_async.create_async_engine(url, **options)
+    except ImportError as error:
+        raise ImportError(
+            f"The driver {url.get_driver_name()!r} of {redact(url)} is not "
+            f"installed: pip install {error.name or url.get_driver_name()}."
+        ) from error
     if url.query.get("vfs") == "memdb":
         _keep_memory_database_alive(engine, url)
     event_loops.keep_connections_in_their_loop(engine)

@@ -104,11 +104,21 @@ class SQLAlchemy:
         init_app(self, app)
 
     def __repr__(self) -> str:
-        state = self._standalone
-        if state is None or None not in state.engines:
-            return f"<{type(self).__name__}>"
-        url = _engines.redact(state.engines[None].url)
-        return f"<{type(self).__name__} {url} +{len(state.engines) - 1} binds>"
+        name = type(self).__name__
+        if self._standalone is not None:
+            engines = self._standalone.engines
+            if None not in engines:
+                return f"<{name} (no default engine) +{len(engines)} binds>"
+            url, binds = _engines.redact(engines[None].url), len(engines) - 1
+        elif self._url is not None:
+            try:
+                url = _engines.redact(sa.make_url(self._url))
+            except sa.exc.ArgumentError:
+                url = "(invalid URL)"
+            binds = len(self._binds)
+        else:
+            return f"<{name}>"
+        return f"<{name} {url} +{binds} binds>"
 
     def __getattr__(self, name: str) -> t.Any:
         """``db.Column``, ``db.select``, ...: names from ``sqlalchemy`` and

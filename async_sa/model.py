@@ -165,6 +165,11 @@ def make_model_base(
             "brings its own metadata (set 'metadata = MetaData(...)' on it)."
         )
     if issubclass(model_class, Model):
+        if "__async_sa__" in model_class.__dict__:
+            raise TypeError(
+                f"{model_class.__name__} is already the model base of another "
+                "SQLAlchemy object: give each one a base class of its own."
+            )
         model_class.__async_sa__ = db
         return model_class
     namespace = {"__async_sa__": db, "__abstract__": True, "__module__": __name__}

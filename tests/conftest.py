@@ -10,6 +10,7 @@ afterwards, so runs never collide.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import dataclasses
 import functools
 import importlib.util
@@ -51,7 +52,9 @@ def postgres_unavailable() -> str | None:
         await connection.close()
 
     try:
-        asyncio.run(probe())
+        # Called from async fixtures: probe in a thread with its own event loop.
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            pool.submit(lambda: asyncio.run(probe())).result()
     except (OSError, asyncio.TimeoutError, asyncpg.PostgresError) as error:
         shown = sa.make_url(POSTGRES_URL).render_as_string(hide_password=True)
         return (
