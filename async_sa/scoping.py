@@ -6,6 +6,7 @@ import asyncio
 import typing as t
 
 import sqlalchemy.ext.asyncio as sa_async
+import sqlalchemy.orm as sa_orm
 from sqlalchemy.util import ScopedRegistry
 
 from async_sa.cleanup import close_in_background
@@ -13,6 +14,8 @@ from async_sa.cleanup import run_to_completion
 from async_sa.session import AsyncSession
 
 _AS = t.TypeVar("_AS", bound=AsyncSession)
+_T = t.TypeVar("_T")
+_P = t.ParamSpec("_P")
 
 
 def current_task() -> asyncio.Task[t.Any]:
@@ -116,6 +119,31 @@ class ScopedSession(sa_async.async_scoped_session[_AS]):
     def __init__(self, session_factory: sa_async.async_sessionmaker[_AS]) -> None:
         super().__init__(session_factory, scopefunc=current_task)
         self.registry = TaskRegistry(session_factory)
+
+    def in_transaction(self) -> bool:
+        """Whether the current task's session is in a transaction."""
+        return self.registry().in_transaction()
+
+    def in_nested_transaction(self) -> bool:
+        """Whether the current task's session is in a savepoint."""
+        return self.registry().in_nested_transaction()
+
+    def get_transaction(self) -> sa_async.AsyncSessionTransaction | None:
+        """The current task's session transaction, if one is in progress."""
+        return self.registry().get_transaction()
+
+    def get_nested_transaction(self) -> sa_async.AsyncSessionTransaction | None:
+        """The current task's innermost savepoint, if one is in progress."""
+        return self.registry().get_nested_transaction()
+
+    async def run_sync(
+        self,
+        fn: t.Callable[t.Concatenate[sa_orm.Session, _P], _T],
+        *args: _P.args,
+        **kwargs: _P.kwargs,
+    ) -> _T:
+        """Run ``fn(sync_session, ...)`` on the current task's session."""
+        return await self.registry().run_sync(fn, *args, **kwargs)
 
     async def remove(self) -> None:
         """Close the current task's session (rolling back uncommitted work) and

@@ -19,10 +19,10 @@ async def table_exists(db: SQLAlchemy, name: str, bind_key: str | None = None) -
 
 
 def two_bind_models(db: SQLAlchemy) -> None:
-    class User(db.Model):
+    class User(db.Model):  # type: ignore[name-defined,misc]
         id: Mapped[int] = mapped_column(primary_key=True)
 
-    class Post(db.Model):
+    class Post(db.Model):  # type: ignore[name-defined,misc]
         __bind_key__ = "a"
         id: Mapped[int] = mapped_column(primary_key=True)
 
@@ -74,7 +74,7 @@ async def test_create_all_for_key_without_engine_names_it(make_db: MakeDb) -> No
     """A key with no engine (asked for, or a model's) fails naming the key."""
     db = make_db()
 
-    class Orphan(db.Model):
+    class Orphan(db.Model):  # type: ignore[name-defined,misc]
         __bind_key__ = "missing"
         id: Mapped[int] = mapped_column(primary_key=True)
 

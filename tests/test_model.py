@@ -76,7 +76,7 @@ def test_camel_case_becomes_snake_case(name: str, expected: str) -> None:
 async def test_model_gets_table_name_and_default_metadata(model_db: SQLAlchemy) -> None:
     """A model without __tablename__ is named after its class, in db.metadata."""
 
-    class UserRole(model_db.Model):
+    class UserRole(model_db.Model):  # type: ignore[name-defined,misc]
         id: Mapped[int] = mapped_column(primary_key=True)
 
     assert UserRole.__tablename__ == "user_role"
@@ -88,7 +88,7 @@ async def test_model_gets_table_name_and_default_metadata(model_db: SQLAlchemy) 
 async def test_bind_key_puts_table_in_that_binds_metadata(model_db: SQLAlchemy) -> None:
     """__bind_key__ routes the table into db.metadatas[key], tagged with the key."""
 
-    class Post(model_db.Model):
+    class Post(model_db.Model):  # type: ignore[name-defined,misc]
         __bind_key__ = "a"
         id: Mapped[int] = mapped_column(primary_key=True)
 
@@ -100,10 +100,10 @@ async def test_bind_key_puts_table_in_that_binds_metadata(model_db: SQLAlchemy) 
 async def test_same_table_name_may_live_on_two_binds(model_db: SQLAlchemy) -> None:
     """Tables of different binds do not clash by name."""
 
-    class Item(model_db.Model):
+    class Item(model_db.Model):  # type: ignore[name-defined,misc]
         id: Mapped[int] = mapped_column(primary_key=True)
 
-    class OtherItem(model_db.Model):
+    class OtherItem(model_db.Model):  # type: ignore[name-defined,misc]
         __bind_key__ = "a"
         __tablename__ = "item"
         id: Mapped[int] = mapped_column(primary_key=True)
@@ -116,7 +116,7 @@ async def test_bind_key_is_inherited_by_joined_subclass(model_db: SQLAlchemy) ->
     if is_dataclass_db(model_db):
         pytest.skip("joined inheritance with dataclass fields is covered elsewhere")
 
-    class User(model_db.Model):
+    class User(model_db.Model):  # type: ignore[name-defined,misc]
         __bind_key__ = "a"
         id: Mapped[int] = mapped_column(primary_key=True)
         kind: Mapped[str] = mapped_column(sa.String(20))
@@ -134,7 +134,7 @@ async def test_bind_key_is_inherited_by_joined_subclass(model_db: SQLAlchemy) ->
 async def test_bind_key_from_abstract_parent(model_db: SQLAlchemy) -> None:
     """An abstract parent's __bind_key__ applies to its concrete children."""
 
-    class Audited(model_db.Model):
+    class Audited(model_db.Model):  # type: ignore[name-defined,misc]
         __abstract__ = True
         __bind_key__ = "a"
 
@@ -149,7 +149,7 @@ async def test_single_table_subclass_uses_parent_table(model_db: SQLAlchemy) -> 
     if is_dataclass_db(model_db):
         pytest.skip("dataclass fields need defaults for single-table columns")
 
-    class Employee(model_db.Model):
+    class Employee(model_db.Model):  # type: ignore[name-defined,misc]
         id: Mapped[int] = mapped_column(primary_key=True)
         kind: Mapped[str] = mapped_column(sa.String(20))
         __mapper_args__ = {"polymorphic_on": "kind", "polymorphic_identity": "e"}
@@ -164,16 +164,16 @@ async def test_single_table_subclass_uses_parent_table(model_db: SQLAlchemy) -> 
 async def test_explicit_and_mixin_table_names_are_kept(model_db: SQLAlchemy) -> None:
     """An explicit name, a mixin's name or a declared_attr name wins."""
 
-    class Named(model_db.Model):
+    class Named(model_db.Model):  # type: ignore[name-defined,misc]
         __tablename__ = "custom_name"
         id: Mapped[int] = mapped_column(primary_key=True)
 
     class NameFromAttr:
         @sa_orm.declared_attr.directive
-        def __tablename__(cls) -> str:
+        def __tablename__(cls: type[t.Any]) -> str:
             return f"t_{cls.__name__.lower()}"
 
-    class Thing(NameFromAttr, model_db.Model):
+    class Thing(NameFromAttr, model_db.Model):  # type: ignore[name-defined,misc]
         id: Mapped[int] = mapped_column(primary_key=True)
 
     assert Named.__table__.name == "custom_name"
@@ -184,7 +184,7 @@ async def test_existing_table_is_reused_by_name(model_db: SQLAlchemy) -> None:
     """A model named like an existing db.Table maps onto that table."""
     table = model_db.Table("reflected", sa.Column("id", sa.Integer, primary_key=True))
 
-    class Reflected(model_db.Model):
+    class Reflected(model_db.Model):  # type: ignore[name-defined,misc]
         __tablename__ = "reflected"
 
     assert Reflected.__table__ is table
@@ -198,7 +198,7 @@ async def test_model_without_primary_key_gets_sqlalchemys_error(
         sa.exc.ArgumentError, match="could not assemble any primary key"
     ):
 
-        class Keyless(model_db.Model):
+        class Keyless(model_db.Model):  # type: ignore[name-defined,misc]
             name: Mapped[str] = mapped_column(sa.String(10))
 
 
@@ -207,7 +207,7 @@ def test_disable_autonaming_requires_explicit_names() -> None:
     db = SQLAlchemy(url="sqlite://", disable_autonaming=True)
     with pytest.raises(sa.exc.InvalidRequestError, match="__tablename__"):
 
-        class Unnamed(db.Model):
+        class Unnamed(db.Model):  # type: ignore[name-defined,misc]
             id: Mapped[int] = mapped_column(primary_key=True)
 
 
@@ -215,7 +215,7 @@ async def test_repr_shows_transient_pending_and_identity(make_db: MakeDb) -> Non
     """repr is <Model (transient id)>, <Model (pending id)>, then <Model pk>."""
     db = make_db()
 
-    class Todo(db.Model):
+    class Todo(db.Model):  # type: ignore[name-defined,misc]
         id: Mapped[int] = mapped_column(primary_key=True)
 
     await db.create_all()
@@ -231,7 +231,7 @@ def test_dataclass_base_keeps_dataclass_repr() -> None:
     """A MappedAsDataclass model keeps the dataclass repr and constructor."""
     db = SQLAlchemy(url="sqlite://", model_class=make_bases()[1])
 
-    class Point(db.Model):
+    class Point(db.Model):  # type: ignore[name-defined,misc]
         id: Mapped[int] = mapped_column(primary_key=True)
         x: Mapped[int] = mapped_column(default=0)
 
@@ -264,11 +264,11 @@ async def test_awaitable_attrs_load_relationships(make_db: MakeDb) -> None:
     """AsyncAttrs: await obj.awaitable_attrs.rel loads a lazy relationship."""
     db = make_db()
 
-    class Parent(db.Model):
+    class Parent(db.Model):  # type: ignore[name-defined,misc]
         id: Mapped[int] = mapped_column(primary_key=True)
         children: Mapped[list[Child]] = sa_orm.relationship()
 
-    class Child(db.Model):
+    class Child(db.Model):  # type: ignore[name-defined,misc]
         id: Mapped[int] = mapped_column(primary_key=True)
         parent_id: Mapped[int] = mapped_column(sa.ForeignKey(Parent.id))
 
@@ -298,7 +298,7 @@ def test_custom_metadata_becomes_default_and_binds_copy_its_naming() -> None:
     convention = {"pk": "pk_%(table_name)s"}
     db = SQLAlchemy(url="sqlite://", metadata=sa.MetaData(naming_convention=convention))
 
-    class Thing(db.Model):
+    class Thing(db.Model):  # type: ignore[name-defined,misc]
         __bind_key__ = "a"
         id: Mapped[int] = mapped_column(primary_key=True)
 
