@@ -137,17 +137,18 @@ MakeDb = Callable[..., SQLAlchemy]
 async def make_db(backend: Backend) -> AsyncIterator[MakeDb]:
     """Build ``SQLAlchemy`` objects on ``backend``; all are disposed afterwards.
 
-    Keyword arguments go to ``SQLAlchemy``; ``url`` and ``engine_options``
-    default to the backend's.
+    Keyword arguments go to ``SQLAlchemy``; ``url`` defaults to the backend's,
+    and on the backend's URL its engine options are added to ``engine_options``.
     """
     made: list[SQLAlchemy] = []
 
     def make(**kwargs: t.Any) -> SQLAlchemy:
         kwargs.setdefault("url", backend.url)
-        kwargs["engine_options"] = {
-            **backend.engine_options,
-            **kwargs.get("engine_options", {}),
-        }
+        if kwargs["url"] == backend.url:
+            kwargs["engine_options"] = {
+                **backend.engine_options,
+                **kwargs.get("engine_options", {}),
+            }
         db = SQLAlchemy(**kwargs)
         made.append(db)
         return db
