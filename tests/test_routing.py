@@ -87,7 +87,7 @@ async def test_orm_models_go_to_their_bind(routed: tuple[SQLAlchemy, Models]) ->
     assert await rows_in(db, None, "local") == 1
     assert await rows_in(db, "remote", "remote") == 1
     await db.session.remove()
-    assert (await db.session.get(m.remote, 1)).name == "there"
+    assert (await db.session.get_one(m.remote, 1)).name == "there"
     assert (await db.session.scalars(sa.select(m.remote.name))).all() == ["there"]
     assert (await db.session.scalars(sa.select(m.local.name))).all() == ["here"]
 
