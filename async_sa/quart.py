@@ -1,0 +1,266 @@
+"""The Quart extension: engines per app, and the session lifecycle of every request.
+
+``db.init_app(app)`` (or ``SQLAlchemy(app)``) reads the ``SQLALCHEMY_*`` keys of
+``app.config``, creates that app's engines and registers the hooks below. Only
+this module imports Quart; the rest of :mod:`async_sa` works without it.
+
+- **Teardown** (``teardown_appcontext``): the session of the current task is
+  rolled back and closed, for HTTP requests, websocket handlers,
+  ``app.add_background_task`` tasks, ``app.test_client()`` and CLI commands
+  running under ``async with app.app_context()``. It never commits. A failure
+  is logged (and the connection invalidated), never raised, and a handler
+  cancelled by a client disconnect still has its session closed.
+- **Commit on success** (``SQLALCHEMY_COMMIT_ON_SUCCESS = True``): the request's
+  session is committed in ``after_request`` when the response status is below
+  400. A failed commit turns the response into a 500, so the client never sees
+  a 2xx for data that was not stored.
+- **Serving**: the app's engines are disposed ``after_serving``.
+- **Shell**: ``quart shell`` has ``db`` and every model.
+- **Signals**: the sender of :mod:`async_sa.signals` is the app.
+
+Streamed responses: Quart tears the app context down *before* the body is
+iterated, so the view's session is already closed by then. Query inside the
+generator and decorate it with :func:`quart.stream_with_context`; it pushes the
+context again, and its teardown closes the generator's session when the stream
+ends::
+
+    @app.get("/notes.txt")
+    async def notes_text():
+        @stream_with_context
+        async def lines():
+            async for note in await db.session.stream_scalars(select(Note)):
+                yield f"{note.text}\\n"
+
+        return lines()
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import typing as t
+from collections.abc import Mapping
+
+import quart
+from quart.globals import _cv_app
+from werkzeug.exceptions import InternalServerError
+
+from async_sa import engines as _engines
+from async_sa.cleanup import run_to_completion
+from async_sa.engines import BindConfig
+from async_sa.engines import BindKey
+from async_sa.state import State
+
+if t.TYPE_CHECKING:
+    from quart.typing import ResponseTypes
+
+    from async_sa.extension import SQLAlchemy
+
+logger = logging.getLogger("async_sa.quart")
+
+_EXTENSION_KEY = "sqlalchemy"
+_COMMIT_FAILED = "_async_sa_commit_failed"
+"""Set on ``g`` when the commit-on-success commit failed in this app context."""
+
+
+@dataclasses.dataclass(eq=False)
+class _QuartState:
+    """What ``init_app`` keeps in ``app.extensions["sqlalchemy"]``."""
+
+    db: SQLAlchemy
+    state: State
+
+
+def _get_state(app: quart.Quart, db: SQLAlchemy) -> _QuartState:
+    """The state ``db.init_app(app)`` stored, or a :class:`RuntimeError` saying so."""
+    found = app.extensions.get(_EXTENSION_KEY)
+    if not isinstance(found, _QuartState) or found.db is not db:
+        raise RuntimeError(
+            f"The Quart app {app.name!r} is not registered with this SQLAlchemy "
+            "object: did you forget to call db.init_app(app)?"
+        )
+    return found
+
+
+def init_app(db: SQLAlchemy, app: quart.Quart) -> None:
+    """Configure ``db`` for ``app``: create its engines and register the hooks.
+
+    ``app.config`` beats the arguments given to ``SQLAlchemy()``: the URL, each
+    bind key, each engine option and each switch set in the config replaces the
+    constructor's. Relative SQLite paths are placed under ``app.instance_path``.
+
+    :param db: the ``SQLAlchemy`` object; it may serve several apps, each with
+        its own engines.
+    :param app: the Quart app.
+    :raises RuntimeError: ``app`` already has a ``SQLAlchemy`` object, or neither
+        ``SQLALCHEMY_DATABASE_URI`` nor ``SQLALCHEMY_BINDS`` (nor ``url=`` /
+        ``binds=``) is set.
+    """
+    if _EXTENSION_KEY in app.extensions:
+        raise RuntimeError(
+            f"A SQLAlchemy object is already registered on the Quart app "
+            f"{app.name!r}: call init_app only once per app (one SQLAlchemy "
+            "object may serve several apps)."
+        )
+    state = db._make_state(
+        _engine_options(db, app),
+        sender=app,
+        track_modifications=_switch(app, "SQLALCHEMY_TRACK_MODIFICATIONS"),
+        record_queries=_switch(app, "SQLALCHEMY_RECORD_QUERIES"),
+        commit_on_success=bool(_switch(app, "SQLALCHEMY_COMMIT_ON_SUCCESS")),
+    )
+    state.not_found = _abort_404
+    state.request_args = _request_args
+    app.extensions[_EXTENSION_KEY] = _QuartState(db, state)
+    db._app_states[app] = state
+    if db._find_app_state is None:
+        db._find_app_state = _app_state_finder(db)
+
+    @app.teardown_appcontext
+    async def remove_session(exc: BaseException | None) -> None:
+        await _remove_session(db)
+
+    @app.after_serving
+    async def dispose_engines() -> None:
+        await db.session.registry.wait_closed()
+        for engine in state.engines.values():
+            await engine.dispose()
+
+    @app.shell_context_processor
+    def shell_context() -> dict[str, t.Any]:
+        models = {
+            mapper.class_.__name__: mapper.class_
+            for mapper in db.Model.registry.mappers
+        }
+        return {**models, "db": db}
+
+    if state.commit_on_success:
+
+        @app.after_request
+        async def commit_on_success(response: ResponseTypes) -> ResponseTypes:
+            return await _commit_on_success(db, response)
+
+
+def _switch(app: quart.Quart, key: str) -> bool | None:
+    """A boolean config key, or ``None`` when it is not set."""
+    value = app.config.get(key)
+    return None if value is None else bool(value)
+
+
+def _engine_options(
+    db: SQLAlchemy, app: quart.Quart
+) -> dict[BindKey, dict[str, t.Any]]:
+    """Every engine's options: ``app.config`` over the constructor's arguments."""
+    config = app.config
+    config_url = config.get("SQLALCHEMY_DATABASE_URI")
+    config_binds: Mapping[str | None, BindConfig] = config.get("SQLALCHEMY_BINDS") or {}
+    engine_options = {
+        **db._engine_options,
+        **(config.get("SQLALCHEMY_ENGINE_OPTIONS") or {}),
+    }
+    if config_url is None and db._url is None and not config_binds and not db._binds:
+        raise RuntimeError(
+            f"No database is configured for the Quart app {app.name!r}: set "
+            "SQLALCHEMY_DATABASE_URI (or SQLALCHEMY_BINDS) in app.config, or pass "
+            "url= (or binds=) to SQLAlchemy()."
+        )
+    common: dict[str, t.Any] = {
+        "engine_options": engine_options,
+        "echo": _switch(app, "SQLALCHEMY_ECHO"),
+        "sqlite_base_dir": app.instance_path,
+    }
+    constructor_binds = {k: v for k, v in db._binds.items() if k not in config_binds}
+    return {
+        **_engines.resolve_engine_options(
+            url=None if config_url is not None else db._url,
+            binds=constructor_binds,
+            url_source="url=",
+            binds_source="binds=",
+            **common,
+        ),
+        **_engines.resolve_engine_options(
+            url=config_url,
+            binds=config_binds,
+            url_source="SQLALCHEMY_DATABASE_URI",
+            binds_source="SQLALCHEMY_BINDS",
+            **common,
+        ),
+    }
+
+
+def _app_state_finder(db: SQLAlchemy) -> t.Callable[[], State | None]:
+    """``db._find_app_state``: the current app's state, ``None`` outside apps.
+
+    Inside the app context of an app ``db`` does not know, a ``db`` that also
+    has a standalone configuration (``url=`` / ``binds=``) uses it; otherwise
+    that is the missing ``init_app`` error.
+    """
+
+    def find_app_state() -> State | None:
+        app_context = _cv_app.get(None)
+        if app_context is None:
+            return None
+        found = app_context.app.extensions.get(_EXTENSION_KEY)
+        if isinstance(found, _QuartState) and found.db is db:
+            return found.state
+        if db._url is not None or db._binds:
+            return None
+        return _get_state(app_context.app, db).state
+
+    return find_app_state
+
+
+async def _remove_session(db: SQLAlchemy) -> None:
+    """Roll back and close the current task's session; log failures, never raise.
+
+    A session whose close fails has its connection invalidated, so the pool
+    gets it back (and discards it) either way.
+    """
+    registry = db.session.registry
+    if not registry.has():
+        return
+    session = registry()
+    try:
+        await db.session.remove()
+    except Exception:
+        logger.exception(
+            "closing the session at app context teardown failed; "
+            "invalidating its connection"
+        )
+        try:
+            await run_to_completion(session.invalidate())
+        except Exception:
+            logger.exception("invalidating the session's connection failed")
+
+
+async def _commit_on_success(db: SQLAlchemy, response: ResponseTypes) -> ResponseTypes:
+    """Commit the request's session when ``response`` is a success (< 400).
+
+    A failed commit is raised, which Quart turns into a 500. Should the 500 path
+    produce a success response again (a custom 500 handler), it is replaced by
+    a plain 500: a failed commit never leaves with a 2xx or 3xx.
+    """
+    if response.status_code >= 400:
+        return response
+    if quart.g.get(_COMMIT_FAILED, False):
+        return await quart.current_app.make_response(InternalServerError())
+    if not db.session.registry.has():
+        return response
+    try:
+        await db.session.commit()
+    except Exception:
+        setattr(quart.g, _COMMIT_FAILED, True)
+        raise
+    return response
+
+
+def _abort_404(description: str | None) -> t.NoReturn:
+    """``State.not_found`` under Quart: ``abort(404)`` with the description."""
+    quart.abort(404, description=description)
+
+
+def _request_args() -> Mapping[str, str] | None:
+    """``State.request_args`` under Quart: the query string inside a request."""
+    if quart.has_request_context():
+        return quart.request.args
+    return None
