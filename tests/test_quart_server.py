@@ -1,0 +1,309 @@
+"""The session lifecycle under a real hypercorn server on 127.0.0.1.
+
+Requests, a websocket, a background task, ``asyncio.gather`` children and a client
+that disconnects while its handler awaits the database: afterwards no connection
+is checked out, nothing uncommitted was stored and, on PostgreSQL, no backend of
+ours is left ``idle in transaction``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import copy
+import socket
+import typing as t
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import httpx
+import hypercorn
+import hypercorn.asyncio
+import pytest
+import quart
+import sqlalchemy as sa
+import wsproto
+import wsproto.events
+from sqlalchemy.orm import Mapped
+from sqlalchemy.orm import mapped_column
+
+from async_sa import SQLAlchemy
+from async_sa.state import State
+from tests.conftest import asyncpg_dsn
+from tests.conftest import Backend
+from tests.conftest import POSTGRES_URL
+
+TIMEOUT = 10.0
+"""Seconds any one step may take before the test fails instead of hanging."""
+
+
+class Server:
+    """A hypercorn server running ``app`` in this event loop."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.url = f"http://127.0.0.1:{port}"
+
+
+@contextlib.asynccontextmanager
+async def serving(app: quart.Quart) -> AsyncIterator[Server]:
+    """Serve ``app`` on a free port of 127.0.0.1 until the block ends."""
+    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+    server = Server(listener.getsockname()[1])
+    config = hypercorn.Config()
+    config.bind = [f"fd://{listener.detach()}"]
+    config.graceful_timeout = 2
+    shutdown = asyncio.Event()
+    task = asyncio.create_task(
+        hypercorn.asyncio.serve(app, config, shutdown_trigger=shutdown.wait)
+    )
+    try:
+        yield server
+    finally:
+        shutdown.set()
+        await asyncio.wait_for(task, TIMEOUT)
+
+
+async def websocket_exchange(port: int, path: str, message: str) -> str:
+    """Open a websocket, send ``message`` and return the first text received."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    connection = wsproto.WSConnection(wsproto.ConnectionType.CLIENT)
+    request = wsproto.events.Request(host=f"127.0.0.1:{port}", target=path)
+    writer.write(connection.send(request))
+    received = ""
+    try:
+        while True:
+            data = await reader.read(4096)
+            if not data:
+                raise ConnectionError("the server closed the websocket early")
+            connection.receive_data(data)
+            for event in connection.events():
+                if isinstance(event, wsproto.events.AcceptConnection):
+                    writer.write(
+                        connection.send(wsproto.events.TextMessage(data=message))
+                    )
+                elif isinstance(event, wsproto.events.TextMessage):
+                    received += event.data
+                    if event.message_finished:
+                        writer.write(
+                            connection.send(wsproto.events.CloseConnection(1000))
+                        )
+                        await writer.drain()
+                        return received
+    finally:
+        writer.close()
+        await writer.wait_closed()
+
+
+@pytest.fixture
+async def served_db() -> AsyncIterator[SQLAlchemy]:
+    db = SQLAlchemy()
+    yield db
+    await db.dispose()
+
+
+class NotesApp:
+    """The app under test, with hooks that let the test follow its handlers."""
+
+    def __init__(self, db: SQLAlchemy, backend: Backend, tmp_path: Path) -> None:
+        self.db = db
+        self.backend = backend
+        self.application_name = f"async_sa_{uuid.uuid4().hex[:12]}"
+        options = copy.deepcopy(backend.engine_options)
+        if backend.is_postgres:
+            settings = options["connect_args"]["server_settings"]
+            settings["application_name"] = self.application_name
+        app = self.app = quart.Quart("served", instance_path=str(tmp_path))
+        app.config.update(
+            SQLALCHEMY_DATABASE_URI=backend.url,
+            SQLALCHEMY_ENGINE_OPTIONS=options,
+        )
+        db.init_app(app)
+
+        class Note(db.Model):  # type: ignore[name-defined,misc]
+            id: Mapped[int] = mapped_column(primary_key=True)
+            text: Mapped[str] = mapped_column(sa.String(50))
+
+        self.Note = Note
+        self.slow_reached = asyncio.Event()
+        self.failed_teardowns: asyncio.Queue[BaseException] = asyncio.Queue()
+
+        @app.teardown_appcontext
+        async def record_failed_teardown(exc: BaseException | None) -> None:
+            """Runs after the extension's teardown (registered later)."""
+            if exc is not None:
+                self.failed_teardowns.put_nowait(exc)
+
+        @app.post("/notes/<text>")
+        async def add(text: str) -> tuple[str, int]:
+            note = Note(text=text)
+            db.session.add(note)
+            await db.session.commit()
+            db.session.add(Note(text="never committed"))
+            await db.session.flush()
+            return str(note.id), 201
+
+        @app.get("/gather")
+        async def gather() -> str:
+            async def count() -> int:
+                return await db.session.scalar(sa.select(sa.func.count(Note.id))) or 0
+
+            counts = await asyncio.gather(*(count() for _ in range(3)))
+            return str(sum(counts))
+
+        async def write_later(text: str) -> None:
+            db.session.add(Note(text=text))
+            await db.session.commit()
+            db.session.add(Note(text="never committed"))
+            await db.session.flush()
+
+        @app.post("/later/<text>")
+        async def later(text: str) -> tuple[str, int]:
+            app.add_background_task(write_later, text)
+            return "accepted", 202
+
+        @app.post("/slow")
+        async def slow() -> str:
+            db.session.add(Note(text="abandoned"))
+            await db.session.flush()
+            self.slow_reached.set()
+            if backend.is_postgres:
+                await db.session.execute(sa.text("SELECT pg_sleep(30)"))
+            else:
+                await asyncio.sleep(30)
+            return "too late"
+
+        @app.websocket("/ws")
+        async def ws() -> None:
+            text = await quart.websocket.receive()
+            note = Note(text=str(text))
+            db.session.add(note)
+            await db.session.commit()
+            db.session.add(Note(text="never committed"))
+            await db.session.flush()
+            await quart.websocket.send(str(note.id))
+
+    @property
+    def state(self) -> State:
+        state: State = self.app.extensions["sqlalchemy"].state
+        return state
+
+    async def create_tables(self) -> None:
+        async with self.app.app_context():
+            await self.db.create_all()
+
+    async def texts(self) -> list[str]:
+        async with self.app.app_context(), self.db.sessionmaker() as session:
+            return sorted((await session.scalars(sa.select(self.Note.text))).all())
+
+    async def assert_nothing_left_open(self) -> None:
+        """No session registered, no connection checked out, none idle in tx."""
+        db = self.db
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + TIMEOUT
+        while db.session.registry.registry or self.checked_out():
+            assert loop.time() < deadline, "connections still checked out"
+            await db.session.registry.wait_closed()
+            await asyncio.sleep(0.01)
+        if self.backend.is_postgres:
+            assert await self.idle_in_transaction() == 0
+
+    def checked_out(self) -> int:
+        return sum(
+            engine.pool.checkedout()  # type: ignore[attr-defined]
+            for engine in self.state.engines.values()
+        )
+
+    async def idle_in_transaction(self) -> int:
+        import asyncpg
+
+        connection = await asyncpg.connect(asyncpg_dsn(POSTGRES_URL))
+        try:
+            count: int = await connection.fetchval(
+                "SELECT count(*) FROM pg_stat_activity "
+                "WHERE application_name = $1 AND state LIKE 'idle in transaction%'",
+                self.application_name,
+            )
+            return count
+        finally:
+            await connection.close()
+
+
+@pytest.fixture
+async def notes(
+    served_db: SQLAlchemy, backend: Backend, tmp_path: Path
+) -> AsyncIterator[NotesApp]:
+    notes = NotesApp(served_db, backend, tmp_path)
+    await notes.create_tables()
+    yield notes
+
+
+async def test_requests_websocket_background_and_gather_children(
+    notes: NotesApp,
+) -> None:
+    """Every kind of handler has its session removed; only commits are stored."""
+    async with serving(notes.app) as server:
+        async with httpx.AsyncClient(base_url=server.url, timeout=TIMEOUT) as client:
+            created = await asyncio.gather(
+                *(client.post(f"/notes/request {n}") for n in range(5))
+            )
+            assert [r.status_code for r in created] == [201] * 5
+            later = await client.post("/later/background")
+            assert later.status_code == 202
+            reply = await asyncio.wait_for(
+                websocket_exchange(server.port, "/ws", "websocket"), TIMEOUT
+            )
+            assert reply.isdigit()
+            await asyncio.wait_for(asyncio.gather(*notes.app.background_tasks), TIMEOUT)
+            gathered = await client.get("/gather")
+            assert gathered.status_code == 200
+            assert gathered.text == str(3 * 7)
+        await notes.assert_nothing_left_open()
+    assert await notes.texts() == sorted(
+        [f"request {n}" for n in range(5)] + ["background", "websocket"]
+    )
+
+
+async def test_client_disconnect_mid_request_leaves_nothing_open(
+    notes: NotesApp,
+) -> None:
+    """A client that goes away while its handler awaits the database: the handler
+    is cancelled, its work rolled back, its connection returned."""
+    async with serving(notes.app) as server:
+        async with httpx.AsyncClient(base_url=server.url, timeout=TIMEOUT) as client:
+            request = asyncio.create_task(client.post("/slow"))
+            await asyncio.wait_for(notes.slow_reached.wait(), TIMEOUT)
+            request.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await request
+            exc = await asyncio.wait_for(notes.failed_teardowns.get(), TIMEOUT)
+            assert isinstance(exc, asyncio.CancelledError)
+            await notes.assert_nothing_left_open()
+            after = await client.post("/notes/after")
+            assert after.status_code == 201
+        await notes.assert_nothing_left_open()
+    assert await notes.texts() == ["after"]
+
+
+async def test_each_served_request_has_its_own_session(
+    notes: NotesApp,
+) -> None:
+    """Concurrent requests never share a session; each is closed afterwards."""
+    sessions: list[t.Any] = []
+
+    @notes.app.get("/session")
+    async def session_id() -> str:
+        sessions.append(notes.db.session())
+        return "ok"
+
+    async with serving(notes.app) as server:
+        async with httpx.AsyncClient(base_url=server.url, timeout=TIMEOUT) as client:
+            responses = await asyncio.gather(
+                *(client.get("/session") for _ in range(4))
+            )
+    assert [r.status_code for r in responses] == [200] * 4
+    assert len({id(session) for session in sessions}) == 4
+    assert all(not session.in_transaction() for session in sessions)
