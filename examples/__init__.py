@@ -1,0 +1,1 @@
+"""Runnable examples: ``standalone.py`` (plain asyncio) and ``notes_app`` (Quart)."""

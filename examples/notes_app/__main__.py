@@ -1,0 +1,74 @@
+"""Serve the notes app with hypercorn on 127.0.0.1, or run a short demo.
+
+``python -m examples.notes_app`` serves on http://127.0.0.1:5000 until Ctrl+C;
+``--port N`` picks another port. ``--demo`` serves on a free port with fresh
+databases in a temporary folder, sends a few requests, prints them and stops.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import socket
+import tempfile
+
+import httpx
+import hypercorn
+import hypercorn.asyncio
+
+from examples.notes_app import create_app
+
+
+async def serve(port: int) -> None:
+    config = hypercorn.Config()
+    config.bind = [f"127.0.0.1:{port}"]
+    await hypercorn.asyncio.serve(create_app(), config)
+
+
+async def demo() -> None:
+    app = create_app(instance_path=tempfile.mkdtemp(prefix="async_sa_notes_"))
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+    url = f"http://127.0.0.1:{listener.getsockname()[1]}"
+    config = hypercorn.Config()
+    config.bind = [f"fd://{listener.detach()}"]
+    config.errorlog = None
+    stop = asyncio.Event()
+    server = asyncio.create_task(
+        hypercorn.asyncio.serve(app, config, shutdown_trigger=stop.wait)
+    )
+    print(f"serving {url} (databases in {app.instance_path})")
+    try:
+        async with httpx.AsyncClient(base_url=url, timeout=10) as client:
+            for method, path, body in [
+                ("POST", "/notes", {"text": "buy milk"}),
+                ("POST", "/notes", {"text": "write the README"}),
+                ("POST", "/notes", {"text": "ship it"}),
+                ("POST", "/notes", {"text": ""}),
+                ("GET", "/notes?per_page=2", None),
+                ("GET", "/notes/2", None),
+                ("GET", "/notes/99", None),
+                ("GET", "/audit", None),
+            ]:
+                response = await client.request(method, path, json=body)
+                shown = json.dumps(body) if body is not None else ""
+                print(f"\n{method} {path} {shown}".rstrip())
+                print(f"  -> {response.status_code} {response.text.strip()}")
+    finally:
+        stop.set()
+        await server
+    print("\nserver stopped")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m examples.notes_app")
+    parser.add_argument("--port", type=int, default=5000)
+    parser.add_argument("--demo", action="store_true", help=demo.__doc__)
+    args = parser.parse_args()
+    asyncio.run(demo() if args.demo else serve(args.port))
+
+
+if __name__ == "__main__":
+    main()
