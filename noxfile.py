@@ -1,4 +1,4 @@
-"""Development sessions: tests (SQLite and PostgreSQL), lint, typing, bench, demo.
+"""Development sessions: tests (SQLite and PostgreSQL), lint, typing, bench, demos.
 
 PostgreSQL cases read ``ASYNC_SA_TEST_POSTGRES_URL`` and skip when no server
 answers, unless ``ASYNC_SA_REQUIRE_POSTGRES=1``.
@@ -56,3 +56,11 @@ def demo(session: nox.Session) -> None:
     """The standalone example script on embedded SQLite."""
     session.install("-e", ".")
     session.run("python", "examples/standalone.py")
+
+
+@nox.session
+def demo_app(session: nox.Session) -> None:
+    """The example Quart app on embedded SQLite, served by hypercorn on 127.0.0.1:
+    a few requests, printed, then the server stops."""
+    session.install("-e", ".[quart]", "hypercorn", "httpx")
+    session.run("python", "-m", "examples.notes_app", "--demo")
