@@ -571,3 +571,36 @@ async def test_failed_commit_propagates_when_testing(
     with pytest.raises(sa.exc.IntegrityError):
         await client.post("/notes/100")
     assert await count(app, db, Note) == 2
+
+
+async def test_commit_on_a_killed_connection_is_a_500_and_nothing_is_stored(
+    new_db: NewDb, postgres: Backend, tmp_path: Path
+) -> None:
+    """The connection dies between handler and commit: 500, no row, pool intact."""
+    db = new_db()
+    app = quart.Quart("killed", instance_path=str(tmp_path))
+    app.config.update(
+        SQLALCHEMY_DATABASE_URI=postgres.url,
+        SQLALCHEMY_ENGINE_OPTIONS=postgres.engine_options,
+        SQLALCHEMY_COMMIT_ON_SUCCESS=True,
+        PROPAGATE_EXCEPTIONS=False,
+    )
+    db.init_app(app)
+    Note = note_model(db)
+
+    @app.post("/notes")
+    async def add() -> tuple[str, int]:
+        db.session.add(Note(text="lost"))
+        await db.session.flush()
+        pid = await db.session.scalar(sa.text("SELECT pg_backend_pid()"))
+        async with db.sessionmaker() as other:
+            await other.execute(sa.text(f"SELECT pg_terminate_backend({int(pid)})"))
+        return "stored?", 201
+
+    async with app.app_context():
+        await db.create_all()
+    client = app.test_client()
+    assert (await client.post("/notes")).status_code == 500
+    await finished(db)
+    assert checked_out(app) == 0
+    assert await count(app, db, Note) == 0
