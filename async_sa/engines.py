@@ -148,10 +148,12 @@ def _apply_sqlite_defaults(
     ``:memory:`` becomes a named in-memory database (SQLite's ``memdb`` VFS) that
     every connection of the engine shares, so each session keeps its own
     transaction instead of all of them sharing one connection. Relative file paths
-    are made absolute under ``base_dir``. Both get a busy timeout.
+    are made absolute under ``base_dir``. Both get a busy timeout, and
+    connections that close their cursors (see :class:`_CursorClosingConnection`).
     """
     connect_args = dict(options.get("connect_args", {}))
     connect_args.setdefault("timeout", SQLITE_BUSY_TIMEOUT)
+    connect_args.setdefault("factory", _CursorClosingConnection)
     options["connect_args"] = connect_args
     database = url.database or ""
     if database in ("", ":memory:") or url.query.get("mode") == "memory":
@@ -188,6 +190,32 @@ def create_engine(options: Mapping[str, t.Any]) -> sa_async.AsyncEngine:
         _keep_memory_database_alive(engine, url)
     event_loops.keep_connections_in_their_loop(engine)
     return engine
+
+
+class _CursorClosingConnection(sqlite3.Connection):
+    """A sqlite3 connection that closes its cursors before closing itself.
+
+    Since Python 3.11, ``close()`` leaves statements that are still active (a
+    query cancelled between execute and fetch) unfinalized, so SQLite keeps the
+    connection alive as a "zombie" that holds its lock until garbage collection,
+    and every other writer waits out the busy timeout.
+    """
+
+    def __init__(self, *args: t.Any, **kwargs: t.Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._cursors: weakref.WeakSet[sqlite3.Cursor] = weakref.WeakSet()
+
+    def cursor(  # type: ignore[override]
+        self, *args: t.Any, **kwargs: t.Any
+    ) -> sqlite3.Cursor:
+        cursor: sqlite3.Cursor = super().cursor(*args, **kwargs)
+        self._cursors.add(cursor)
+        return cursor
+
+    def close(self) -> None:
+        for cursor in list(self._cursors):
+            cursor.close()
+        super().close()
 
 
 def _keep_memory_database_alive(engine: sa_async.AsyncEngine, url: sa.URL) -> None:

@@ -82,8 +82,10 @@ class TaskRegistry(ScopedRegistry[_AS]):
             self.pop(task)
 
     async def wait_closed(self) -> None:
-        """Wait until the sessions of finished tasks, closing in the background,
-        are closed (in the running loop)."""
+        """Wait until the sessions of finished tasks are closed (in the running
+        loop), including tasks whose done-callbacks have not run yet."""
+        for task in [task for task in self.registry if task.done()]:
+            self._close_orphan(task)
         loop = asyncio.get_running_loop()
         pending = [task for task in self._closing if task.get_loop() is loop]
         if pending:

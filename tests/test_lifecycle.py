@@ -1,0 +1,283 @@
+"""Sessions never leak: forgotten, cancelled, or used across event loops."""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import random
+import threading
+import typing as t
+import weakref
+
+import pytest
+import sqlalchemy as sa
+from sqlalchemy.orm import Mapped
+from sqlalchemy.orm import mapped_column
+
+from async_sa import SQLAlchemy
+from tests.conftest import asyncpg_dsn
+from tests.conftest import Backend
+from tests.conftest import MakeDb
+from tests.conftest import POSTGRES_URL
+from tests.conftest import require_postgres
+
+LEAK_TASKS = 10_000
+CANCELLED_TASKS = 1_000
+
+
+def checked_out(db: SQLAlchemy) -> int:
+    return sum(engine.pool.checkedout() for engine in db.engines.values())  # type: ignore[attr-defined]
+
+
+async def idle_in_transaction(application_name: str) -> int:
+    """Backends of ours that PostgreSQL reports as idle in a transaction."""
+    import asyncpg
+
+    connection = await asyncpg.connect(asyncpg_dsn(POSTGRES_URL))
+    try:
+        return t.cast(
+            int,
+            await connection.fetchval(
+                "SELECT count(*) FROM pg_stat_activity WHERE application_name = $1 "
+                "AND state LIKE 'idle in transaction%'",
+                application_name,
+            ),
+        )
+    finally:
+        await connection.close()
+
+
+async def test_forgotten_sessions_are_closed_and_forgotten(make_db: MakeDb) -> None:
+    """10,000 tasks that never close their session, on a pool of 5: no pool
+    timeout, nothing checked out afterwards, and an empty registry."""
+    db = make_db(engine_options={"pool_size": 5, "max_overflow": 0, "pool_timeout": 10})
+
+    class Counter(db.Model):  # type: ignore[name-defined,misc]
+        id: Mapped[int] = mapped_column(primary_key=True)
+
+    await db.create_all()
+    limit = asyncio.Semaphore(50)
+
+    async def forget(number: int) -> None:
+        async with limit:
+            assert await db.session.scalar(sa.select(sa.literal(number))) == number
+
+    await asyncio.gather(*(forget(number) for number in range(LEAK_TASKS)))
+    await db.session.registry.wait_closed()
+    assert checked_out(db) == 0
+    assert not db.session.registry.registry
+    assert not db.session.registry._closing
+
+
+async def test_registry_does_not_keep_finished_tasks_alive(db: SQLAlchemy) -> None:
+    """Once a task is done, neither it nor its session is referenced by us."""
+    sessions: list[weakref.ref[t.Any]] = []
+
+    async def use() -> None:
+        sessions.append(weakref.ref(db.session()))
+        await db.session.execute(sa.text("SELECT 1"))
+
+    task = asyncio.create_task(use())
+    await task
+    finished = weakref.ref(task)
+    del task
+    await db.session.registry.wait_closed()
+    gc.collect()
+    assert finished() is None
+    assert sessions[0]() is None
+    assert not db.session.registry.registry
+
+
+OPERATIONS: dict[str, t.Callable[[t.Any], t.Awaitable[object]]] = {
+    "execute": lambda session: session.execute(sa.text("SELECT 1")),
+    "flush": lambda session: session.flush(),
+    "commit": lambda session: session.commit(),
+    "close": lambda session: session.close(),
+}
+
+
+@pytest.mark.parametrize("where", list(OPERATIONS))
+async def test_cancel_at_each_await_leaves_nothing_checked_out(
+    make_db: MakeDb, where: str
+) -> None:
+    """Cancelled inside execute, flush, commit or close, at several points in
+    each: nothing checked out afterwards, and only whole pairs stored."""
+    db = make_db()
+
+    class Pair(db.Model):  # type: ignore[name-defined,misc]
+        id: Mapped[int] = mapped_column(primary_key=True)
+
+    await db.create_all()
+    started = asyncio.Event()
+
+    async def work() -> None:
+        session = db.session()
+        session.add_all([Pair(), Pair()])
+        await session.execute(sa.text("SELECT 1"))
+        started.set()
+        await OPERATIONS[where](session)
+        await session.commit()
+
+    for delay in range(8):
+        started.clear()
+        task = asyncio.create_task(work())
+        await started.wait()
+        for _ in range(delay):
+            await asyncio.sleep(0)
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+    await db.session.registry.wait_closed()
+    assert checked_out(db) == 0
+    total = await db.session.scalar(sa.select(sa.func.count()).select_from(Pair))
+    assert total is not None and total % 2 == 0
+
+
+async def test_thousand_cancelled_transactions_leave_no_trace(
+    postgres: Backend,
+) -> None:
+    """1,000 tasks each inserting a pair in one transaction, cancelled at random:
+    0 checked out, none of our backends idle in transaction, only whole pairs."""
+    application_name = "async_sa_cancel_test"
+    db = SQLAlchemy(
+        url=postgres.url,
+        engine_options={
+            "connect_args": {
+                "server_settings": {
+                    **postgres.engine_options["connect_args"]["server_settings"],
+                    "application_name": application_name,
+                }
+            },
+            "pool_size": 10,
+            "max_overflow": 0,
+        },
+    )
+
+    class Pair(db.Model):  # type: ignore[name-defined,misc]
+        id: Mapped[int] = mapped_column(primary_key=True)
+        pair: Mapped[int] = mapped_column(index=True)
+
+    try:
+        await db.create_all()
+        rng = random.Random(1234)
+
+        async def insert_pair(number: int) -> None:
+            db.session.add(Pair(pair=number))
+            await db.session.flush()
+            db.session.add(Pair(pair=number))
+            await db.session.commit()
+
+        tasks = [asyncio.create_task(insert_pair(n)) for n in range(CANCELLED_TASKS)]
+        for task in tasks:
+            if rng.random() < 0.7:
+                await asyncio.sleep(rng.random() * 0.002)
+                task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await db.session.registry.wait_closed()
+        assert checked_out(db) == 0
+        assert await idle_in_transaction(application_name) == 0
+        per_pair = sa.select(Pair.pair, sa.func.count()).group_by(Pair.pair)
+        async with db.sessionmaker() as session:
+            counts = (await session.execute(per_pair)).all()
+        assert all(count == 2 for _, count in counts)
+        assert any(task.cancelled() for task in tasks)
+        assert 0 < len(counts) < CANCELLED_TASKS
+    finally:
+        await db.drop_all()
+        await db.dispose()
+
+
+async def test_timeout_around_commit_leaves_nothing_checked_out(db: SQLAlchemy) -> None:
+    """asyncio.wait_for expiring during commit cleans up like a cancel."""
+
+    class Row(db.Model):  # type: ignore[name-defined,misc]
+        id: Mapped[int] = mapped_column(primary_key=True)
+
+    await db.create_all()
+
+    async def write() -> None:
+        db.session.add(Row())
+        await db.session.commit()
+
+    for timeout in (0, 0.0001, 0.001, 0.01):
+        try:
+            await asyncio.wait_for(write(), timeout)
+        except asyncio.TimeoutError:
+            pass
+    await db.session.registry.wait_closed()
+    assert checked_out(db) == 0
+
+
+def test_db_keeps_working_across_event_loops(backend: Backend, tmp_path: t.Any) -> None:
+    """A second asyncio.run (and a loop in another thread) just works, and no
+    connection made in one loop is handed out in another."""
+    if backend.is_postgres:
+        require_postgres()
+    db = SQLAlchemy(url=backend.url, engine_options=backend.engine_options)
+
+    class Note(db.Model):  # type: ignore[name-defined,misc]
+        id: Mapped[int] = mapped_column(primary_key=True)
+
+    loops: list[asyncio.AbstractEventLoop] = []
+
+    async def use(first: bool) -> int:
+        loops.append(asyncio.get_running_loop())
+        if first:
+            await db.create_all()
+        db.session.add(Note())
+        await db.session.commit()
+        connection = await db.session.connection()
+        raw = await connection.get_raw_connection()
+        assert raw._connection_record is not None
+        assert (
+            raw._connection_record.info["async_sa.loop"] is asyncio.get_running_loop()
+        )
+        return (
+            await db.session.scalar(sa.select(sa.func.count()).select_from(Note)) or 0
+        )
+
+    async def finish() -> None:
+        await db.drop_all()
+        await db.dispose()
+
+    assert asyncio.run(use(first=True)) == 1
+    assert asyncio.run(use(first=False)) == 2
+    result: list[int] = []
+    thread = threading.Thread(
+        target=lambda: result.append(asyncio.run(use(first=False)))
+    )
+    thread.start()
+    thread.join()
+    assert result == [3]
+    assert len(set(map(id, loops))) == 3
+    asyncio.run(finish())
+
+
+def test_connection_from_a_closed_loop_is_never_handed_out(
+    postgres_url_sync: str,
+) -> None:
+    """A loop closed without asyncio.run's cleanup still leaves no stale
+    connection to the next loop: it is discarded at checkout."""
+    db = SQLAlchemy(url=postgres_url_sync)
+
+    async def query() -> int:
+        return await db.session.scalar(sa.text("SELECT 1")) or 0
+
+    loop = asyncio.new_event_loop()
+    assert loop.run_until_complete(query()) == 1
+    loop.run_until_complete(asyncio.sleep(0))
+    loop.close()
+
+    async def again() -> int:
+        try:
+            return await query()
+        finally:
+            await db.dispose()
+
+    assert asyncio.run(again()) == 1
+
+
+@pytest.fixture
+def postgres_url_sync() -> str:
+    """The PostgreSQL URL, for tests that run their own event loops."""
+    require_postgres()
+    return POSTGRES_URL
