@@ -15,6 +15,7 @@ from collections.abc import Mapping
 
 import sqlalchemy as sa
 import sqlalchemy.ext.asyncio as sa_async
+from sqlalchemy.pool import AsyncAdaptedQueuePool
 
 from async_sa import event_loops
 
@@ -148,13 +149,15 @@ def _apply_sqlite_defaults(
     ``:memory:`` becomes a named in-memory database (SQLite's ``memdb`` VFS) that
     every connection of the engine shares, so each session keeps its own
     transaction instead of all of them sharing one connection. Relative file paths
-    are made absolute under ``base_dir``. Both get a busy timeout, and
-    connections that close their cursors (see :class:`_CursorClosingConnection`).
+    are made absolute under ``base_dir``. Both get a busy timeout, a queue pool
+    (SQLAlchemy before 2.0.38 gave files none), and connections that close their
+    cursors (see :class:`_CursorClosingConnection`).
     """
     connect_args = dict(options.get("connect_args", {}))
     connect_args.setdefault("timeout", SQLITE_BUSY_TIMEOUT)
     connect_args.setdefault("factory", _CursorClosingConnection)
     options["connect_args"] = connect_args
+    options.setdefault("poolclass", AsyncAdaptedQueuePool)
     database = url.database or ""
     if database in ("", ":memory:") or url.query.get("mode") == "memory":
         return url.set(

@@ -10,7 +10,6 @@ import sqlalchemy.orm as sa_orm
 from sqlalchemy.util import ScopedRegistry
 
 from async_sa.cleanup import close_in_background
-from async_sa.cleanup import run_to_completion
 from async_sa.session import AsyncSession
 
 _AS = t.TypeVar("_AS", bound=AsyncSession)
@@ -152,4 +151,4 @@ class ScopedSession(sa_async.async_scoped_session[_AS]):
         unregister it. Cancelling the caller does not interrupt the close."""
         session = self.registry.pop(current_task())
         if session is not None:
-            await run_to_completion(session.close())
+            await session.close()

@@ -94,9 +94,9 @@ def _first_table(clause: sa.ClauseElement) -> sa.Table | None:
 class AsyncSession(sa_async.AsyncSession):
     """The async session ``db.session`` and ``db.sessionmaker`` make.
 
-    Leaving ``async with`` closes it (rolling back uncommitted work) even if the
-    task is cancelled meanwhile, and unregisters it from ``db.session``, so the
-    next ``db.session()`` in that task is a fresh session.
+    ``close()`` finishes even if the task is cancelled meanwhile. Leaving
+    ``async with`` closes it (rolling back uncommitted work) and unregisters it
+    from ``db.session``, so the next ``db.session()`` in that task is a fresh one.
 
     A custom ``class_`` in ``session_options`` must subclass this one.
     """
@@ -105,9 +105,17 @@ class AsyncSession(sa_async.AsyncSession):
     _async_sa_registry: TaskRegistry[t.Any] | None = None
     _async_sa_task: asyncio.Task[t.Any] | None = None
 
+    async def close(self) -> None:
+        """Close the session, rolling back uncommitted work.
+
+        Cancelling the caller does not interrupt the close (which would leave
+        the connection checked out); the cancellation is raised once it is done.
+        """
+        await run_to_completion(super().close())
+
     async def __aexit__(self, type_: t.Any, value: t.Any, traceback: t.Any) -> None:
         try:
-            await run_to_completion(self.close())
+            await self.close()
         finally:
             if self._async_sa_registry is not None:
                 self._async_sa_registry.forget(self)

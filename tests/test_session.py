@@ -62,7 +62,7 @@ async def test_proxy_methods_act_on_the_current_tasks_session(db: SQLAlchemy) ->
     await db.session.flush()
     assert db.session.in_transaction()
     assert not db.session.in_nested_transaction()
-    assert db.session.get_transaction() is not None
+    assert db.session.get_nested_transaction() is None
     assert await db.session.run_sync(lambda sync: sync.in_transaction())
     assert (await db.session.scalars(sa.select(Todo.title))).all() == ["proxy"]
     assert await db.session.scalar(sa.select(Todo.id)) == todo.id
