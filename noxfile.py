@@ -11,20 +11,27 @@ import nox
 nox.options.sessions = ["tests", "lint", "typing"]
 nox.options.reuse_existing_virtualenvs = True
 
+PYPROJECT = nox.project.load_toml("pyproject.toml")
+
+
+def group(name: str) -> list[str]:
+    """The requirements of a dependency group of pyproject.toml."""
+    return list(nox.project.dependency_groups(PYPROJECT, name))
+
 OLDEST_SQLALCHEMY = "2.0.30"
 
 
 @nox.session
 def tests(session: nox.Session) -> None:
     """The test suite on SQLite and PostgreSQL, with the newest dependencies."""
-    session.install("-e", ".[postgresql,quart]", "--group", "tests")
+    session.install("-e", ".[postgresql,quart]", *group("tests"))
     session.run("pytest", *session.posargs)
 
 
 @nox.session
 def tests_min(session: nox.Session) -> None:
     """The test suite on the oldest supported SQLAlchemy 2.0 release."""
-    session.install("-e", ".[postgresql,quart]", "--group", "tests")
+    session.install("-e", ".[postgresql,quart]", *group("tests"))
     session.install(f"sqlalchemy[asyncio]=={OLDEST_SQLALCHEMY}")
     session.run("pytest", *session.posargs)
 
@@ -32,7 +39,7 @@ def tests_min(session: nox.Session) -> None:
 @nox.session
 def lint(session: nox.Session) -> None:
     """ruff: lint and formatting."""
-    session.install("--group", "lint")
+    session.install(*group("lint"))
     session.run("ruff", "check", ".")
     session.run("ruff", "format", "--check", ".")
 
@@ -40,14 +47,14 @@ def lint(session: nox.Session) -> None:
 @nox.session
 def typing(session: nox.Session) -> None:
     """mypy --strict over the package, tests, examples and benchmarks."""
-    session.install("-e", ".[postgresql,quart]", "--group", "typing")
+    session.install("-e", ".[postgresql,quart]", *group("typing"))
     session.run("mypy")
 
 
 @nox.session
 def bench(session: nox.Session) -> None:
     """Benchmarks: ratios against plain SQLAlchemy asyncio (never run by tests)."""
-    session.install("-e", ".[postgresql,quart]", "--group", "bench")
+    session.install("-e", ".[postgresql,quart]", *group("bench"))
     session.run("python", "-m", "benchmarks", *session.posargs)
 
 
