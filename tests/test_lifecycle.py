@@ -281,3 +281,18 @@ def postgres_url_sync() -> str:
     """The PostgreSQL URL, for tests that run their own event loops."""
     require_postgres()
     return POSTGRES_URL
+
+
+async def test_dispose_closes_pooled_connections_of_every_engine(
+    make_db: MakeDb, backend: Backend
+) -> None:
+    """async with db: disposes every engine on exit; the engines stay usable."""
+    db = make_db(binds={"a": backend.bind()})
+    async with db:
+        for engine in db.engines.values():
+            async with engine.connect() as connection:
+                await connection.execute(sa.text("SELECT 1"))
+        assert all(e.pool.checkedin() == 1 for e in db.engines.values())  # type: ignore[attr-defined]
+    assert all(e.pool.checkedin() == 0 for e in db.engines.values())  # type: ignore[attr-defined]
+    async with db.engine.connect() as connection:
+        assert await connection.scalar(sa.text("SELECT 1")) == 1
