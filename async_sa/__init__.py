@@ -14,6 +14,8 @@ from async_sa.extension import SQLAlchemy
 from async_sa.model import Model
 from async_sa.session import AsyncSession
 from async_sa.session import Session
+from async_sa.signals import before_models_committed
+from async_sa.signals import models_committed
 
 __all__ = [
     "AsyncSession",
@@ -22,4 +24,6 @@ __all__ = [
     "SQLAlchemy",
     "Session",
     "UnknownBindKeyError",
+    "before_models_committed",
+    "models_committed",
 ]

@@ -10,6 +10,7 @@ import sqlalchemy.ext.asyncio as sa_async
 import sqlalchemy.orm as sa_orm
 from sqlalchemy.sql import visitors
 
+from async_sa import track_modifications
 from async_sa.cleanup import run_to_completion
 from async_sa.state import State
 
@@ -37,6 +38,8 @@ class Session(sa_orm.Session):
     def __init__(self, *, db: SQLAlchemy, **kwargs: t.Any) -> None:
         self._async_sa_state = db._current_state()
         super().__init__(**kwargs)
+        if self._async_sa_state.track_modifications:
+            track_modifications.track(self, self._async_sa_state.sender)
 
     def get_bind(
         self,
