@@ -72,3 +72,18 @@ def test_config_comes_from_quart_environment_variables(
     engines: dict[t.Any, t.Any] = app.extensions["sqlalchemy"].state.engines
     assert str(engines[None].url) == "postgresql+asyncpg://notes@db.example/notes"
     assert engines["audit"].url == engines[None].url
+
+
+async def test_committed_notes_are_audited_on_the_audit_bind(
+    app: quart.Quart,
+) -> None:
+    """The models_committed receiver writes one audit entry per committed note."""
+    client = app.test_client()
+    for text in ("one", "two"):
+        assert (await client.post("/notes", json={"text": text})).status_code == 201
+    assert (await client.post("/notes", json={"text": ""})).status_code == 400
+    audit = await (await client.get("/audit")).get_json()
+    assert [(e["note_id"], e["operation"]) for e in audit["items"]] == [
+        (2, "insert"),
+        (1, "insert"),
+    ]

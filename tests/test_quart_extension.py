@@ -16,6 +16,7 @@ from sqlalchemy.orm import Mapped
 from sqlalchemy.orm import mapped_column
 from werkzeug.exceptions import NotFound as HTTPNotFound
 
+from async_sa import models_committed
 from async_sa import SQLAlchemy
 from async_sa.state import State
 from tests.conftest import Backend
@@ -462,14 +463,30 @@ async def test_shell_context_has_db_and_models(
 
 
 async def test_signal_sender_is_the_app(
-    db: SQLAlchemy, notes: tuple[quart.Quart, type[t.Any]]
+    db: SQLAlchemy, make_app: MakeApp, tmp_path: Path
 ) -> None:
-    """Sessions made inside the app's context belong to its state, sender = app."""
-    app, Note = notes
-    async with app.app_context():
-        state = db.session().sync_session._async_sa_state  # type: ignore[attr-defined]
-    assert state is app_state(app)
-    assert state.sender is app
+    """models_committed is sent by the app the committing session belongs to."""
+    first = make_app("first", SQLALCHEMY_TRACK_MODIFICATIONS=True)
+    second = make_app(
+        "second",
+        SQLALCHEMY_DATABASE_URI="sqlite:///second.db",
+        SQLALCHEMY_ENGINE_OPTIONS={},
+        SQLALCHEMY_TRACK_MODIFICATIONS=True,
+    )
+    Note = note_model(db)
+    senders: list[t.Any] = []
+
+    def receiver(sender: t.Any, changes: list[tuple[t.Any, str]]) -> None:
+        senders.append(sender)
+
+    with models_committed.connected_to(receiver):
+        for app in (first, second):
+            db.init_app(app)
+            async with app.app_context():
+                await db.create_all()
+                db.session.add(Note(text=app.name))
+                await db.session.commit()
+    assert senders == [first, second]
 
 
 async def test_not_found_and_request_args_hooks_use_quart(

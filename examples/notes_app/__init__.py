@@ -65,6 +65,24 @@ class AuditEntry(Base):
         }
 
 
+@async_sa.models_committed.connect
+async def write_audit(sender: t.Any, changes: list[tuple[t.Any, str]]) -> None:
+    """Record every committed note change in the audit log.
+
+    Runs inside ``commit()``, once the notes are durable; the committing session
+    is finished, so the entries go through a session of their own.
+    """
+    now = datetime.datetime.now(datetime.timezone.utc)
+    entries = [
+        AuditEntry(note_id=note.id, operation=operation, at=now)
+        for note, operation in changes
+        if isinstance(note, Note)
+    ]
+    if entries:
+        async with db.sessionmaker.begin() as session:
+            session.add_all(entries)
+
+
 def create_app(
     config: Mapping[str, t.Any] | None = None, *, instance_path: str | None = None
 ) -> quart.Quart:

@@ -34,7 +34,7 @@ async def demo() -> None:
     url = f"http://127.0.0.1:{listener.getsockname()[1]}"
     config = hypercorn.Config()
     config.bind = [f"fd://{listener.detach()}"]
-    config.errorlog = None
+    config.loglevel = "WARNING"
     stop = asyncio.Event()
     server = asyncio.create_task(
         hypercorn.asyncio.serve(app, config, shutdown_trigger=stop.wait)
