@@ -12,6 +12,9 @@ from async_sa.errors import NotFound
 from async_sa.errors import UnknownBindKeyError
 from async_sa.extension import SQLAlchemy
 from async_sa.model import Model
+from async_sa.pagination import Pagination
+from async_sa.record_queries import get_recorded_queries
+from async_sa.record_queries import QueryInfo
 from async_sa.session import AsyncSession
 from async_sa.session import Session
 from async_sa.signals import before_models_committed
@@ -21,9 +24,12 @@ __all__ = [
     "AsyncSession",
     "Model",
     "NotFound",
+    "Pagination",
+    "QueryInfo",
     "SQLAlchemy",
     "Session",
     "UnknownBindKeyError",
     "before_models_committed",
+    "get_recorded_queries",
     "models_committed",
 ]

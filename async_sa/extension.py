@@ -14,6 +14,9 @@ import sqlalchemy.ext.asyncio as sa_async
 import sqlalchemy.orm as sa_orm
 
 from async_sa import engines as _engines
+from async_sa import pagination as _pagination
+from async_sa import record_queries as _record_queries
+from async_sa import views as _views
 from async_sa.engines import BindConfig
 from async_sa.engines import BindKey
 from async_sa.engines import UrlLike
@@ -24,6 +27,7 @@ from async_sa.session import Session
 from async_sa.state import State
 
 _ALL = "__all__"
+_T = t.TypeVar("_T")
 BindKeys = BindKey | Iterable[BindKey]
 """One bind key, several, or ``"__all__"``."""
 
@@ -199,7 +203,7 @@ class SQLAlchemy:
             key: _engines.create_engine(options)
             for key, options in engine_options.items()
         }
-        return State(
+        state = State(
             engines=engines,
             sender=sender,
             track_modifications=(
@@ -212,6 +216,9 @@ class SQLAlchemy:
             ),
             commit_on_success=commit_on_success,
         )
+        if state.record_queries:
+            _record_queries.listen(engines.values())
+        return state
 
     async def dispose(self) -> None:
         """Dispose every engine this object created, standalone and per app.
@@ -232,6 +239,76 @@ class SQLAlchemy:
 
     async def __aexit__(self, *exc_info: object) -> None:
         await self.dispose()
+
+    # -- view helpers -------------------------------------------------------------
+
+    async def get_or_404(
+        self,
+        entity: type[_T],
+        ident: t.Any,
+        *,
+        description: str | None = None,
+        **kwargs: t.Any,
+    ) -> _T:
+        """``await db.session.get(entity, ident, **kwargs)``, or a 404 when there
+        is no such row: ``abort(404)`` under Quart, :class:`async_sa.NotFound`
+        standalone. A malformed identifier (``"abc"`` for an integer key, a
+        number out of range) is a 404 too; see :func:`async_sa.views.get_or_404`.
+
+        :param description: the 404's description.
+        :param kwargs: passed to ``session.get``, such as ``options=[...]``.
+        """
+        return await _views.get_or_404(
+            self, entity, ident, description=description, **kwargs
+        )
+
+    async def first_or_404(
+        self, statement: sa.Executable, *, description: str | None = None
+    ) -> t.Any:
+        """The first result of ``statement`` (``session.scalar``), or a 404 when
+        there is none."""
+        return await _views.first_or_404(self, statement, description=description)
+
+    async def one_or_404(
+        self, statement: sa.Executable, *, description: str | None = None
+    ) -> t.Any:
+        """The only result of ``statement`` (``scalar_one()``), or a 404 when
+        there is none or more than one."""
+        return await _views.one_or_404(self, statement, description=description)
+
+    async def paginate(
+        self,
+        select: _pagination.AnySelect,
+        *,
+        page: int | None = None,
+        per_page: int | None = None,
+        max_per_page: int | None = None,
+        error_out: bool = True,
+        count: bool = True,
+    ) -> _pagination.Pagination:
+        """Load one page of ``select`` with the current task's session.
+
+        ``page`` and ``per_page`` default to the request's ``page`` and
+        ``per_page`` query arguments under Quart, else to 1 and 20; arguments
+        given here win.
+
+        :param max_per_page: the most items per page (default 100), whatever the
+            query string asks; kept by ``next()`` and ``prev()``.
+        :param error_out: a 404 (``abort(404)`` under Quart,
+            :class:`async_sa.NotFound` standalone) for a page or ``per_page``
+            that is not an integer or below 1, or an empty page after the first.
+            Without it, bad values fall back to the defaults.
+        :param count: count the items of all pages; ``total`` is ``None`` without.
+        """
+        return await _pagination.paginate(
+            self,
+            select,
+            page=page,
+            per_page=per_page,
+            max_per_page=max_per_page,
+            error_out=error_out,
+            count=count,
+        )
 
     # -- metadata and tables ----------------------------------------------------------
 

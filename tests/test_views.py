@@ -1,0 +1,196 @@
+"""The ``*_or_404`` helpers, standalone: :class:`async_sa.NotFound` on every backend."""
+
+from __future__ import annotations
+
+import typing as t
+import uuid
+
+import pytest
+import sqlalchemy as sa
+from sqlalchemy.orm import Mapped
+from sqlalchemy.orm import mapped_column
+from sqlalchemy.orm import relationship
+from sqlalchemy.orm import selectinload
+
+from async_sa import NotFound
+from async_sa import SQLAlchemy
+
+DOC_ID = uuid.UUID("12345678-1234-5678-1234-567812345678")
+
+
+class Models(t.NamedTuple):
+    Item: type[t.Any]
+    Tag: type[t.Any]
+    Doc: type[t.Any]
+    Pair: type[t.Any]
+
+
+@pytest.fixture
+async def models(db: SQLAlchemy) -> Models:
+    """Items 1-3 (item 3 has no name), tags "a"/"b" on item 1, one doc, one pair."""
+
+    class Item(db.Model):  # type: ignore[name-defined,misc]
+        id: Mapped[int] = mapped_column(primary_key=True)
+        name: Mapped[str | None] = mapped_column(sa.String(20))
+        tags: Mapped[list[Tag]] = relationship()
+
+    class Tag(db.Model):  # type: ignore[name-defined,misc]
+        name: Mapped[str] = mapped_column(sa.String(20), primary_key=True)
+        item_id: Mapped[int] = mapped_column(sa.ForeignKey(Item.id))
+
+    class Doc(db.Model):  # type: ignore[name-defined,misc]
+        id: Mapped[uuid.UUID] = mapped_column(primary_key=True)
+
+    class Pair(db.Model):  # type: ignore[name-defined,misc]
+        left: Mapped[int] = mapped_column(primary_key=True)
+        right: Mapped[str] = mapped_column(sa.String(20), primary_key=True)
+
+    await db.create_all()
+    async with db.session.begin():
+        db.session.add_all([Item(id=1, name="one"), Item(id=2, name="two"), Item(id=3)])
+        db.session.add_all([Tag(name="a", item_id=1), Tag(name="b", item_id=1)])
+        db.session.add_all([Doc(id=DOC_ID), Pair(left=1, right="x")])
+    await db.session.remove()
+    return Models(Item, Tag, Doc, Pair)
+
+
+async def test_not_found_is_a_lookup_error() -> None:
+    """Standalone, a 404 is a LookupError carrying its description."""
+    error = NotFound("no such note")
+    assert isinstance(error, LookupError)
+    assert (error.description, str(error)) == ("no such note", "no such note")
+    assert str(NotFound()) == "Not Found"
+
+
+async def test_get_or_404_found(db: SQLAlchemy, models: Models) -> None:
+    """An existing row is returned, in the current task's session."""
+    item = await db.get_or_404(models.Item, 2)
+    assert item.name == "two"
+    assert item in db.session()
+
+
+async def test_get_or_404_missing(db: SQLAlchemy, models: Models) -> None:
+    """A missing row raises NotFound with the description given."""
+    with pytest.raises(NotFound, match="^Not Found$"):
+        await db.get_or_404(models.Item, 99)
+    with pytest.raises(NotFound, match="no item 99") as info:
+        await db.get_or_404(models.Item, 99, description="no item 99")
+    assert info.value.description == "no item 99"
+
+
+async def test_get_or_404_passes_options(db: SQLAlchemy, models: Models) -> None:
+    """Keyword arguments such as ``options`` go to ``session.get``."""
+    item = await db.get_or_404(models.Item, 1, options=[selectinload(models.Item.tags)])
+    assert "tags" not in sa.inspect(item).unloaded
+    assert sorted(tag.name for tag in item.tags) == ["a", "b"]
+
+
+async def test_get_or_404_composite_key(db: SQLAlchemy, models: Models) -> None:
+    """Composite keys take a tuple, as with ``session.get``."""
+    assert (await db.get_or_404(models.Pair, (1, "x"))).right == "x"
+    with pytest.raises(NotFound):
+        await db.get_or_404(models.Pair, (1, "y"))
+
+
+async def test_get_or_404_text_identifier_is_parsed(
+    db: SQLAlchemy, models: Models
+) -> None:
+    """A string for an integer or UUID key finds the row on every backend."""
+    assert (await db.get_or_404(models.Item, "2")).id == 2
+    assert (await db.get_or_404(models.Item, "+0002")).id == 2
+    assert (await db.get_or_404(models.Doc, str(DOC_ID))).id == DOC_ID
+    assert (await db.get_or_404(models.Doc, DOC_ID.hex)).id == DOC_ID
+
+
+@pytest.mark.parametrize(
+    "ident",
+    [
+        "abc",
+        "",
+        " 2",
+        "2.0",
+        "٢",
+        "1e3",
+        "9" * 30,
+        "9" * 5000,
+        "\x00",
+        "2\x00",
+        "\ud800",
+        -1,
+        2**31,
+        2**63,
+        2**70,
+        -(2**70),
+    ],
+)
+async def test_get_or_404_bad_integer_identifier(
+    db: SQLAlchemy, models: Models, ident: t.Any
+) -> None:
+    """Identifiers an integer key cannot hold are a 404, never a server error,
+    and the session stays usable."""
+    with pytest.raises(NotFound):
+        await db.get_or_404(models.Item, ident)
+    assert (await db.get_or_404(models.Item, 1)).name == "one"
+
+
+@pytest.mark.parametrize(
+    "ident", ["nope", "", "\x00", "a\x00", "\ud800", "é" * 100, "12345678-1234"]
+)
+async def test_get_or_404_bad_text_identifier(
+    db: SQLAlchemy, models: Models, ident: str
+) -> None:
+    """Text keys and UUID keys give a 404 for text that cannot match, including
+    a NUL byte (which PostgreSQL rejects) and unencodable text."""
+    with pytest.raises(NotFound):
+        await db.get_or_404(models.Tag, ident)
+    with pytest.raises(NotFound):
+        await db.get_or_404(models.Doc, ident)
+    assert (await db.get_or_404(models.Tag, "a")).item_id == 1
+
+
+async def test_rejected_identifier_rolls_back(db: SQLAlchemy, models: Models) -> None:
+    """When the database or driver rejects an identifier, the session is rolled
+    back (PostgreSQL has aborted the transaction), so the next query works."""
+    item = await db.get_or_404(models.Item, 1)
+    item.name = "changed"
+    await db.session.flush()
+    with pytest.raises(NotFound):
+        await db.get_or_404(models.Tag, "\ud800")
+    assert not db.session.in_transaction()
+    name = await db.session.scalar(sa.select(models.Item.name).filter_by(id=1))
+    assert name == "one"
+
+
+async def test_failing_flush_is_not_a_404(db: SQLAlchemy, models: Models) -> None:
+    """Pending changes are flushed first: their failure is raised as itself."""
+    db.session.add(models.Tag(name="a", item_id=2))
+    with pytest.raises(sa.exc.IntegrityError):
+        await db.get_or_404(models.Tag, "\x00")
+
+
+async def test_get_or_404_unmapped_entity_is_an_error(db: SQLAlchemy) -> None:
+    """A class that is not a model is a programming error, not a 404."""
+    for ident in ("1", 1):
+        with pytest.raises(sa.exc.NoInspectionAvailable):
+            await db.get_or_404(str, ident)
+
+
+async def test_first_or_404(db: SQLAlchemy, models: Models) -> None:
+    """The first result, or NotFound for no row or a NULL first column."""
+    select = sa.select(models.Item).order_by(models.Item.id.desc())
+    assert (await db.first_or_404(select)).id == 3
+    with pytest.raises(NotFound, match="no items"):
+        await db.first_or_404(select.where(models.Item.id > 5), description="no items")
+    with pytest.raises(NotFound):
+        await db.first_or_404(sa.select(models.Item.name).filter_by(id=3))
+
+
+async def test_one_or_404(db: SQLAlchemy, models: Models) -> None:
+    """The only result, or NotFound for no row or several."""
+    select = sa.select(models.Item)
+    assert (await db.one_or_404(select.filter_by(id=2))).name == "two"
+    with pytest.raises(NotFound, match="none"):
+        await db.one_or_404(select.filter_by(id=9), description="none")
+    with pytest.raises(NotFound, match="several"):
+        await db.one_or_404(select, description="several")
+    assert await db.one_or_404(sa.select(sa.func.count(models.Item.id))) == 3
