@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 import quart
+
 from examples import notes_app
 from examples.notes_app import __main__ as notes_main
-
 from tests.conftest import Backend
 
 
@@ -47,8 +47,13 @@ async def test_notes_api_stores_lists_and_reports_errors_as_json(
     assert (await missing.get_json())["description"] == "no note 999"
     bad = await client.post("/notes", json={"text": ""})
     assert bad.status_code == 400
-    listing = await (await client.get("/notes")).get_json()
-    assert [item["text"] for item in listing["items"]] == ["buy milk"]
+    for text in ("two", "three"):
+        await client.post("/notes", json={"text": text})
+    listing = await (await client.get("/notes?per_page=2&page=2")).get_json()
+    assert [item["text"] for item in listing["items"]] == ["three"]
+    assert (listing["page"], listing["pages"], listing["total"]) == (2, 2, 3)
+    assert (await client.get("/notes?page=3&per_page=2")).status_code == 404
+    assert (await client.get("/notes?page=abc")).status_code == 404
 
 
 async def test_demo_serves_requests_and_stops(

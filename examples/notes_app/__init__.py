@@ -3,7 +3,8 @@
 - ``POST /notes`` ``{"text": "..."}`` stores a note (201); the request's session
   is committed after the response is built (``SQLALCHEMY_COMMIT_ON_SUCCESS``), and
   a commit that fails answers 500.
-- ``GET /notes?page=1&per_page=20`` lists notes a page at a time.
+- ``GET /notes?page=1&per_page=20`` lists notes a page at a time (at most 50 per
+  page; a page past the last is a 404).
 - ``GET /notes/<id>`` returns one note, or 404.
 - ``GET /audit`` lists the audit log: one entry per committed note change,
   written to the ``audit`` bind by a ``models_committed`` receiver.
@@ -141,16 +142,20 @@ async def add_note() -> tuple[dict[str, t.Any], int]:
 
 @api.get("/notes/<int:note_id>")
 async def get_note(note_id: int) -> dict[str, t.Any]:
-    note = await db.session.get(Note, note_id)
-    if note is None:
-        quart.abort(404, description=f"no note {note_id}")
+    note = await db.get_or_404(Note, note_id, description=f"no note {note_id}")
     return note.to_json()
 
 
 @api.get("/notes")
 async def list_notes() -> dict[str, t.Any]:
-    notes = await db.session.scalars(sa.select(Note).order_by(Note.id).limit(20))
-    return {"items": [note.to_json() for note in notes]}
+    page = await db.paginate(sa.select(Note).order_by(Note.id), max_per_page=50)
+    return {
+        "items": [note.to_json() for note in page],
+        "page": page.page,
+        "per_page": page.per_page,
+        "pages": page.pages,
+        "total": page.total,
+    }
 
 
 @api.get("/audit")

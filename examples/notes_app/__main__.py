@@ -48,6 +48,7 @@ async def demo() -> None:
                 ("POST", "/notes", {"text": "ship it"}),
                 ("POST", "/notes", {"text": ""}),
                 ("GET", "/notes?per_page=2", None),
+                ("GET", "/notes?per_page=2&page=2", None),
                 ("GET", "/notes/2", None),
                 ("GET", "/notes/99", None),
                 ("GET", "/audit", None),
