@@ -55,6 +55,11 @@ def is_dataclass_db(db: SQLAlchemy) -> bool:
     return issubclass(db.Model, sa_orm.MappedAsDataclass)
 
 
+def dataclass_columns(db: SQLAlchemy) -> dict[str, t.Any]:
+    """Column options keeping a dataclass base's __init__ free of these fields."""
+    return {"init": False} if is_dataclass_db(db) else {}
+
+
 @pytest.mark.parametrize(
     ("name", "expected"),
     [
@@ -113,17 +118,18 @@ async def test_same_table_name_may_live_on_two_binds(model_db: SQLAlchemy) -> No
 
 async def test_bind_key_is_inherited_by_joined_subclass(model_db: SQLAlchemy) -> None:
     """A joined-inheritance child of a bound model shares its metadata."""
-    if is_dataclass_db(model_db):
-        pytest.skip("joined inheritance with dataclass fields is covered elsewhere")
+    columns = dataclass_columns(model_db)
 
     class User(model_db.Model):  # type: ignore[name-defined,misc]
         __bind_key__ = "a"
-        id: Mapped[int] = mapped_column(primary_key=True)
-        kind: Mapped[str] = mapped_column(sa.String(20))
+        id: Mapped[int] = mapped_column(primary_key=True, **columns)
+        kind: Mapped[str] = mapped_column(sa.String(20), **columns)
         __mapper_args__ = {"polymorphic_on": "kind", "polymorphic_identity": "user"}
 
     class Admin(User):
-        id: Mapped[int] = mapped_column(sa.ForeignKey(User.id), primary_key=True)
+        id: Mapped[int] = mapped_column(
+            sa.ForeignKey(User.id), primary_key=True, **columns
+        )
         __mapper_args__ = {"polymorphic_identity": "admin"}
 
     assert Admin.__tablename__ == "admin"
@@ -146,12 +152,11 @@ async def test_bind_key_from_abstract_parent(model_db: SQLAlchemy) -> None:
 
 async def test_single_table_subclass_uses_parent_table(model_db: SQLAlchemy) -> None:
     """A subclass adding no primary key uses single-table inheritance."""
-    if is_dataclass_db(model_db):
-        pytest.skip("dataclass fields need defaults for single-table columns")
+    columns = dataclass_columns(model_db)
 
     class Employee(model_db.Model):  # type: ignore[name-defined,misc]
-        id: Mapped[int] = mapped_column(primary_key=True)
-        kind: Mapped[str] = mapped_column(sa.String(20))
+        id: Mapped[int] = mapped_column(primary_key=True, **columns)
+        kind: Mapped[str] = mapped_column(sa.String(20), **columns)
         __mapper_args__ = {"polymorphic_on": "kind", "polymorphic_identity": "e"}
 
     class Manager(Employee):
