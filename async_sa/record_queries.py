@@ -5,9 +5,9 @@ Recording is switched on per owner (``SQLAlchemy(record_queries=True)`` or
 its engines, so code that does not record pays nothing.
 
 Queries belong to the current *scope*: the current asyncio task, unless a
-framework integration registers a wider one with :func:`register_scope` (the
-Quart extension registers the app context, so the queries of ``asyncio.gather``
-children of a request land in the request's list).
+framework integration registers a wider one with :func:`register_scope` (for
+Quart, the app context, so that the queries of a request's ``asyncio.gather``
+children land in the request's list).
 """
 
 from __future__ import annotations
@@ -72,8 +72,8 @@ class QueryInfo:
 
 
 def get_recorded_queries() -> list[QueryInfo]:
-    """The queries recorded in the current scope: the Quart app context, else the
-    current asyncio task.
+    """The queries recorded in the current scope: a registered one (see
+    :func:`register_scope`), else the current asyncio task.
 
     Queries are recorded only by a ``SQLAlchemy`` object made with
     ``record_queries=True`` (or an app with ``SQLALCHEMY_RECORD_QUERIES``). The
