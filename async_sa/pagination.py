@@ -228,7 +228,10 @@ async def paginate(
     if max_per_page is None:
         max_per_page = DEFAULT_MAX_PER_PAGE
     elif max_per_page < 1:
-        raise ValueError(f"max_per_page must be at least 1, not {max_per_page}.")
+        raise ValueError(
+            f"max_per_page must be at least 1, not {max_per_page}; pass None for "
+            f"the default of {DEFAULT_MAX_PER_PAGE}."
+        )
     state = db._current_state()
     page, per_page = _page_arguments(state, page, per_page, max_per_page, error_out)
     session = db.session()
