@@ -46,6 +46,7 @@ from quart.globals import _cv_app
 from werkzeug.exceptions import InternalServerError
 
 from async_sa import engines as _engines
+from async_sa import record_queries
 from async_sa.cleanup import run_to_completion
 from async_sa.engines import BindConfig
 from async_sa.engines import BindKey
@@ -59,6 +60,14 @@ if t.TYPE_CHECKING:
 logger = logging.getLogger("async_sa.quart")
 
 _EXTENSION_KEY = "sqlalchemy"
+
+
+def _current_app_context() -> object | None:
+    """Recorded queries belong to the app context (shared by gather children)."""
+    return _cv_app.get(None)
+
+
+record_queries.register_scope(_current_app_context)
 _COMMIT_FAILED = "_async_sa_commit_failed"
 """Set on ``g`` when the commit-on-success commit failed in this app context."""
 

@@ -3,6 +3,7 @@ a fuzz of hostile query strings and identifiers: only 200 or 404, never 500."""
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import html
 import sys
@@ -45,8 +46,11 @@ class Site:
     """View name → the line of its query, for recorded locations."""
 
     async def get(self, path: str, **query: t.Any) -> tuple[int, t.Any]:
-        """Status and body (JSON when it is JSON, else unescaped text)."""
-        response = await self.app.test_client().get(path, query_string=query)
+        """Status and body (JSON when it is JSON, else unescaped text), after
+        redirects (an identifier "/0" makes the path "/item//0", which routing
+        redirects to "/item/0")."""
+        client = self.app.test_client()
+        response = await client.get(path, query_string=query, follow_redirects=True)
         if response.mimetype == "application/json":
             return response.status_code, await response.get_json()
         return response.status_code, html.unescape(await response.get_data(True))
@@ -140,6 +144,14 @@ async def site(backend: Backend, tmp_path: Path) -> AsyncIterator[Site]:
         lines["queries"] = sys._getframe().f_lineno + 1
         await db.session.execute(sa.select(Item).limit(1))
         return [query.location for query in get_recorded_queries()]
+
+    @app.get("/queries/gathered")
+    async def gathered_queries() -> t.Any:
+        async def child(number: int) -> None:
+            await db.session.execute(sa.select(sa.literal(number)))
+
+        await asyncio.gather(child(1), child(2))
+        return [query.parameters for query in get_recorded_queries()]
 
     async with app.app_context():
         await db.create_all()
@@ -286,6 +298,13 @@ async def test_recorded_queries_of_a_request(site: Site) -> None:
         status, locations = await site.get("/queries")
         assert status == 200
         assert locations == [f"{__file__}:{site.lines['queries']} (queries)"]
+
+
+async def test_recorded_queries_include_gather_children(site: Site) -> None:
+    """Queries of a handler's gather children belong to the request's list."""
+    status, parameters = await site.get("/queries/gathered")
+    assert status == 200
+    assert len(parameters) == 2
 
 
 async def test_recording_is_off_without_the_config_key(
