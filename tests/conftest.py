@@ -20,12 +20,19 @@ import uuid
 from collections.abc import AsyncIterator
 from collections.abc import Callable
 
+import hypothesis
 import pytest
 import sqlalchemy as sa
 
 from async_sa import SQLAlchemy
 
 collect_ignore_glob = [] if importlib.util.find_spec("quart") else ["*quart*"]
+
+# CI explores the same examples every run, so a fuzz failure is reproducible
+# rather than a flake; locally each run tries new ones.
+hypothesis.settings.register_profile("ci", derandomize=True, print_blob=True)
+if os.environ.get("CI"):
+    hypothesis.settings.load_profile("ci")
 
 POSTGRES_URL = os.environ.get(
     "ASYNC_SA_TEST_POSTGRES_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/test"

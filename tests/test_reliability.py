@@ -17,10 +17,10 @@ from sqlalchemy.orm import mapped_column
 
 from async_sa import SQLAlchemy
 from async_sa import UnknownBindKeyError
-from tests.conftest import POSTGRES_URL
+from tests.conftest import asyncpg_dsn
 from tests.conftest import Backend
 from tests.conftest import MakeDb
-from tests.conftest import asyncpg_dsn
+from tests.conftest import POSTGRES_URL
 
 pytestmark = pytest.mark.reliability
 

@@ -436,6 +436,35 @@ async def test_receivers_can_use_another_session_and_add_to_the_committing_one(
     )
 
 
+@pytest.mark.parametrize("signal_name", ["before_models_committed", "models_committed"])
+async def test_cancelled_receiver_leaves_no_half_commit_or_connection(
+    tracked: SQLAlchemy, signal_name: str
+) -> None:
+    """Cancelled in a receiver: before aborts, after keeps the data; pool returned."""
+    Todo = todo_model(tracked)
+    await tracked.create_all()
+    started = asyncio.Event()
+
+    async def slow(sender: t.Any, changes: Changes) -> None:
+        started.set()
+        await asyncio.sleep(10)
+
+    async def work() -> None:
+        tracked.session.add(Todo(title="a"))
+        await tracked.session.commit()
+
+    with getattr(signals, signal_name).connected_to(slow):
+        task = asyncio.create_task(work())
+        await asyncio.wait_for(started.wait(), timeout=10)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+    await tracked.session.registry.wait_closed()
+    assert tracked.engine.pool.checkedout() == 0  # type: ignore[attr-defined]
+    stored = [] if signal_name == "before_models_committed" else ["a"]
+    assert await titles(tracked, Todo) == stored
+
+
 class CustomAsyncSession(async_sa.AsyncSession):
     """A user's own session class."""
 
