@@ -47,6 +47,12 @@ class Model(sa_async.AsyncAttrs):
         model: t.Any = cls
         is_base = any(base in cls.__bases__ for base in _DECLARATIVE_BASES)
         if not is_base:
+            if not hasattr(cls, "__async_sa__"):
+                raise TypeError(
+                    f"{cls.__name__} is defined on a base that no SQLAlchemy object "
+                    "owns yet: create SQLAlchemy(model_class=<your base>) before "
+                    "defining models on it."
+                )
             _assign_bind_metadata(cls)
             if not cls.__async_sa__._disable_autonaming and _needs_tablename(cls):
                 model.__tablename__ = camel_to_snake_case(cls.__name__)

@@ -333,3 +333,15 @@ def test_base_cannot_serve_two_databases() -> None:
     SQLAlchemy(model_class=Base)
     with pytest.raises(TypeError, match="already the model base of another"):
         SQLAlchemy(model_class=Base)
+
+
+def test_model_on_a_base_no_db_owns_yet_says_what_to_do() -> None:
+    """Defining a model before SQLAlchemy(model_class=Base) names the fix."""
+
+    class Base(async_sa.Model, sa_orm.DeclarativeBase):
+        pass
+
+    with pytest.raises(TypeError, match=r"create SQLAlchemy\(model_class="):
+
+        class Early(Base):
+            id: Mapped[int] = mapped_column(primary_key=True)
