@@ -81,6 +81,36 @@ def require_postgres() -> None:
         pytest.skip(reason)
 
 
+async def count_postgres_backends(application_name: str, state: str = "%") -> int:
+    """Our backends in ``pg_stat_activity``, by application name and state
+    (a LIKE pattern, e.g. ``"idle in transaction%"``)."""
+    return await _on_postgres(
+        "SELECT count(*) FROM pg_stat_activity "
+        "WHERE application_name = $1 AND state LIKE $2",
+        application_name,
+        state,
+    )
+
+
+async def terminate_postgres_backends(application_name: str) -> int:
+    """Kill our backends, as a database restart would; returns how many."""
+    return await _on_postgres(
+        "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+        "WHERE application_name = $1",
+        application_name,
+    )
+
+
+async def _on_postgres(query: str, *arguments: object) -> int:
+    import asyncpg
+
+    connection = await asyncpg.connect(asyncpg_dsn(POSTGRES_URL))
+    try:
+        return t.cast(int, await connection.fetchval(query, *arguments))
+    finally:
+        await connection.close()
+
+
 @dataclasses.dataclass
 class Backend:
     """One database to run a test on: its URL and the engine options it needs."""

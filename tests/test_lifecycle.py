@@ -15,8 +15,8 @@ from sqlalchemy.orm import Mapped
 from sqlalchemy.orm import mapped_column
 
 from async_sa import SQLAlchemy
-from tests.conftest import asyncpg_dsn
 from tests.conftest import Backend
+from tests.conftest import count_postgres_backends
 from tests.conftest import MakeDb
 from tests.conftest import POSTGRES_URL
 from tests.conftest import require_postgres
@@ -27,24 +27,6 @@ CANCELLED_TASKS = 1_000
 
 def checked_out(db: SQLAlchemy) -> int:
     return sum(engine.pool.checkedout() for engine in db.engines.values())  # type: ignore[attr-defined]
-
-
-async def idle_in_transaction(application_name: str) -> int:
-    """Backends of ours that PostgreSQL reports as idle in a transaction."""
-    import asyncpg
-
-    connection = await asyncpg.connect(asyncpg_dsn(POSTGRES_URL))
-    try:
-        return t.cast(
-            int,
-            await connection.fetchval(
-                "SELECT count(*) FROM pg_stat_activity WHERE application_name = $1 "
-                "AND state LIKE 'idle in transaction%'",
-                application_name,
-            ),
-        )
-    finally:
-        await connection.close()
 
 
 async def test_forgotten_sessions_are_closed_and_forgotten(make_db: MakeDb) -> None:
@@ -174,7 +156,9 @@ async def test_thousand_cancelled_transactions_leave_no_trace(
         await asyncio.gather(*tasks, return_exceptions=True)
         await db.session.registry.wait_closed()
         assert checked_out(db) == 0
-        assert await idle_in_transaction(application_name) == 0
+        assert (
+            await count_postgres_backends(application_name, "idle in transaction%") == 0
+        )
         per_pair = sa.select(Pair.pair, sa.func.count()).group_by(Pair.pair)
         async with db.sessionmaker() as session:
             counts = (await session.execute(per_pair)).all()

@@ -24,9 +24,9 @@ from async_sa import SQLAlchemy
 from examples.notes_app import create_app
 from examples.notes_app import db as notes_db
 from examples.notes_app import Note
-from tests.conftest import asyncpg_dsn
 from tests.conftest import Backend
-from tests.conftest import POSTGRES_URL
+from tests.conftest import count_postgres_backends
+from tests.conftest import terminate_postgres_backends
 from tests.test_quart_server import serving
 
 pytestmark = pytest.mark.reliability
@@ -60,41 +60,6 @@ async def settled(app: quart.Quart) -> None:
     while checked_out(app) and asyncio.get_running_loop().time() < deadline:
         await asyncio.sleep(0.05)
     assert checked_out(app) == 0
-
-
-async def postgres_backends(application_name: str, state_like: str = "%") -> int:
-    import asyncpg
-
-    connection = await asyncpg.connect(asyncpg_dsn(POSTGRES_URL))
-    try:
-        return t.cast(
-            int,
-            await connection.fetchval(
-                "SELECT count(*) FROM pg_stat_activity WHERE application_name = $1 "
-                "AND state LIKE $2",
-                application_name,
-                state_like,
-            ),
-        )
-    finally:
-        await connection.close()
-
-
-async def terminate_backends(application_name: str) -> int:
-    import asyncpg
-
-    connection = await asyncpg.connect(asyncpg_dsn(POSTGRES_URL))
-    try:
-        return t.cast(
-            int,
-            await connection.fetchval(
-                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
-                "WHERE application_name = $1",
-                application_name,
-            ),
-        )
-    finally:
-        await connection.close()
 
 
 def slow_query(backend: Backend, seconds: float) -> sa.TextClause:
@@ -181,7 +146,8 @@ async def test_disconnect_storm_loses_nothing_and_leaks_nothing(
             assert listing.status_code == 200
         if backend.is_postgres:
             assert (
-                await postgres_backends(application_name, "idle in transaction%") == 0
+                await count_postgres_backends(application_name, "idle in transaction%")
+                == 0
             )
         async with app.app_context():
             texts = (await notes_db.session.scalars(sa.select(Note.text))).all()
@@ -287,10 +253,10 @@ async def test_database_restart_fails_in_flight_requests_then_recovers(
         async with httpx.AsyncClient(base_url=server.url, timeout=30) as client:
             in_flight = [asyncio.create_task(client.get("/sleep")) for _ in range(10)]
             deadline = asyncio.get_running_loop().time() + 10
-            while await postgres_backends(application_name, "active") < 10:
+            while await count_postgres_backends(application_name, "active") < 10:
                 assert asyncio.get_running_loop().time() < deadline
                 await asyncio.sleep(0.05)
-            assert await terminate_backends(application_name) >= 10
+            assert await terminate_postgres_backends(application_name) >= 10
             failed = await asyncio.wait_for(asyncio.gather(*in_flight), 20)
             assert [r.status_code for r in failed] == [500] * 10
             later = await asyncio.wait_for(

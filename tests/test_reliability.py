@@ -17,10 +17,9 @@ from sqlalchemy.orm import mapped_column
 
 from async_sa import SQLAlchemy
 from async_sa import UnknownBindKeyError
-from tests.conftest import asyncpg_dsn
 from tests.conftest import Backend
 from tests.conftest import MakeDb
-from tests.conftest import POSTGRES_URL
+from tests.conftest import terminate_postgres_backends
 
 pytestmark = pytest.mark.reliability
 
@@ -54,24 +53,6 @@ async def test_contended_sqlite_file_loses_nothing(tmp_path: Path) -> None:
         assert total == WRITERS * COMMITS_PER_WRITER
 
 
-async def terminate_backends(application_name: str) -> int:
-    """Kill every PostgreSQL backend with our application name, as a restart does."""
-    import asyncpg
-
-    connection = await asyncpg.connect(asyncpg_dsn(POSTGRES_URL))
-    try:
-        return t.cast(
-            int,
-            await connection.fetchval(
-                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
-                "WHERE application_name = $1",
-                application_name,
-            ),
-        )
-    finally:
-        await connection.close()
-
-
 async def test_killed_connections_fail_cleanly_then_recover(postgres: Backend) -> None:
     """Backends killed while sessions hold them: those fail with a clear error,
     nothing hangs, nothing stays checked out, and new sessions succeed."""
@@ -98,7 +79,7 @@ async def test_killed_connections_fail_cleanly_then_recover(postgres: Backend) -
         in_flight = [asyncio.create_task(hold_connection()) for _ in range(5)]
         await asyncio.wait_for(holding.wait(), 10)
         await asyncio.sleep(0.1)
-        assert await terminate_backends(name) >= 1
+        assert await terminate_postgres_backends(name) >= 1
         release.set()
         results = await asyncio.wait_for(
             asyncio.gather(*in_flight, return_exceptions=True), 30
