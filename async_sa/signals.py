@@ -32,9 +32,10 @@ before_models_committed = _signals.signal(
     The transaction is still open. Objects a receiver adds to the committing
     session are committed with it and reported by :data:`models_committed`.
     Receivers that need to read or write the database otherwise must use another
-    session (``async with db.sessionmaker() as other:``); that session does not
-    see the uncommitted changes, and writing rows the commit holds locks on waits
-    for the commit, which waits for the receiver.
+    session (``async with db.sessionmaker() as other:``). That session does not
+    see the uncommitted changes, and must not wait for the commit's locks: the
+    commit waits for the receiver (on SQLite even a read can wait; prefer
+    :data:`models_committed` for database work).
 
     An exception raised by a receiver propagates out of ``commit()`` and aborts
     the commit: nothing is stored, the transaction stays open, and the session

@@ -6,6 +6,11 @@ code at all. The listeners live on the sync session, where SQLAlchemy's events
 run, inside the greenlet of the ``await``-ed call; coroutine receivers are awaited
 from there through SQLAlchemy's greenlet bridge.
 
+Changes are recorded on ``before_flush``. ``before_commit`` flushes first, so the
+final flush is recorded too and new objects have primary keys when
+``before_models_committed`` is sent; ``models_committed`` is sent on
+``after_commit``, while SQL on the committed session fails clearly.
+
 Changes are kept in layers: one for the transaction and one per open savepoint.
 Releasing a savepoint merges its layer into the one below; rolling it back drops
 it; the end of the transaction (commit, rollback or close) drops everything.
@@ -17,6 +22,7 @@ import typing as t
 from collections.abc import Callable
 from collections.abc import Coroutine
 
+import blinker
 import sqlalchemy as sa
 import sqlalchemy.orm as sa_orm
 
@@ -125,7 +131,7 @@ def _put(layer: _Layer, instance: t.Any, operation: Operation) -> None:
         del layer[key]
 
 
-def _send(signal: t.Any, sender: t.Any, changes: list[Change]) -> None:
+def _send(signal: blinker.Signal, sender: t.Any, changes: list[Change]) -> None:
     signal.send(sender, _async_wrapper=_await_in_greenlet, changes=changes)
 
 
