@@ -7,6 +7,7 @@ import gc
 import random
 import threading
 import typing as t
+import uuid
 import weakref
 
 import pytest
@@ -119,7 +120,7 @@ async def test_thousand_cancelled_transactions_leave_no_trace(
 ) -> None:
     """1,000 tasks each inserting a pair in one transaction, cancelled at random:
     0 checked out, none of our backends idle in transaction, only whole pairs."""
-    application_name = "async_sa_cancel_test"
+    application_name = f"async_sa_cancel_{uuid.uuid4().hex[:12]}"
     db = SQLAlchemy(
         url=postgres.url,
         engine_options={

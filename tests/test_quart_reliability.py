@@ -167,7 +167,11 @@ async def pressure_app(
     app.config.update(
         SQLALCHEMY_DATABASE_URI=backend.url,
         SQLALCHEMY_ENGINE_OPTIONS=engine_options(
-            backend, "async_sa_pressure", pool_size=5, max_overflow=0, pool_timeout=20
+            backend,
+            f"async_sa_pressure_{uuid.uuid4().hex[:12]}",
+            pool_size=5,
+            max_overflow=0,
+            pool_timeout=20,
         ),
     )
     db.init_app(app)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import typing as t
+import uuid
 from pathlib import Path
 
 import pytest
@@ -56,7 +57,7 @@ async def test_contended_sqlite_file_loses_nothing(tmp_path: Path) -> None:
 async def test_killed_connections_fail_cleanly_then_recover(postgres: Backend) -> None:
     """Backends killed while sessions hold them: those fail with a clear error,
     nothing hangs, nothing stays checked out, and new sessions succeed."""
-    name = "async_sa_restart_test"
+    name = f"async_sa_restart_{uuid.uuid4().hex[:12]}"
     settings = postgres.engine_options["connect_args"]["server_settings"]
     db = SQLAlchemy(
         url=postgres.url,
