@@ -18,6 +18,7 @@ def group(name: str) -> list[str]:
     """The requirements of a dependency group of pyproject.toml."""
     return list(nox.project.dependency_groups(PYPROJECT, name))
 
+
 OLDEST_SQLALCHEMY = "2.0.30"
 
 
