@@ -1,0 +1,143 @@
+"""``python -m benchmarks``: run the scenarios, print and write the results."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+import time
+from collections.abc import Awaitable
+from collections.abc import Callable
+from pathlib import Path
+
+from benchmarks import _backends
+from benchmarks import bind_routing
+from benchmarks import bulk_insert
+from benchmarks import end_to_end
+from benchmarks import memory
+from benchmarks import report
+from benchmarks import unit_of_work
+from benchmarks._harness import Comparison
+from benchmarks._harness import Settings
+
+MicroScenario = Callable[[_backends.Backend, Settings], Awaitable[list[Comparison]]]
+MICRO: dict[str, MicroScenario] = {
+    "unit_of_work": unit_of_work.run,
+    "bulk_insert": bulk_insert.run,
+    "bind_routing": bind_routing.run,
+}
+SCENARIOS = [*MICRO, "memory", "end_to_end"]
+HERE = Path(__file__).resolve().parent
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks",
+        description="async_sa against hand-written SQLAlchemy asyncio, "
+        "interleaved in one run; median ratios with min/max.",
+    )
+    parser.add_argument(
+        "--quick", action="store_true", help="a short smoke run (about 2 minutes)"
+    )
+    parser.add_argument(
+        "--only",
+        action="append",
+        choices=SCENARIOS,
+        metavar="NAME",
+        help=f"run only this scenario (repeatable): {', '.join(SCENARIOS)}",
+    )
+    parser.add_argument(
+        "--backend",
+        action="append",
+        choices=_backends.NAMES,
+        help="run only on this database (repeatable)",
+    )
+    parser.add_argument("--rounds", type=int, help="timed rounds per comparison")
+    parser.add_argument(
+        "--output",
+        type=Path,
+        help="where to write the markdown results (default: benchmarks/RESULTS.md "
+        "for a full run of every scenario, else nowhere)",
+    )
+    parser.add_argument(
+        "--no-write", action="store_true", help="print only; write no files"
+    )
+    parser.add_argument(
+        "--check",
+        action="store_true",
+        help="exit with status 1 when a target is missed",
+    )
+    return parser.parse_args(argv)
+
+
+async def run_micro(
+    names: list[str], backends: list[str], settings: Settings
+) -> list[Comparison]:
+    results: list[Comparison] = []
+    for name in names:
+        for backend_name in backends:
+            async with _backends.open_backend(backend_name, name) as backend:
+                print(f"-- {name} on {backend.label}", flush=True)
+                for comparison in await MICRO[name](backend, settings):
+                    print(comparison.line(), flush=True)
+                    results.append(comparison)
+    return results
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    settings = Settings.make(quick=args.quick, rounds=args.rounds)
+    names = args.only or SCENARIOS
+    backends = list(args.backend or _backends.NAMES)
+    skipped: list[str] = []
+    if "postgresql" in backends:
+        reason = asyncio.run(_backends.postgres_unavailable())
+        if reason is not None:
+            print(f"skipping PostgreSQL: {reason}", flush=True)
+            skipped.append(f"PostgreSQL skipped: {reason}")
+            backends.remove("postgresql")
+    started = time.monotonic()
+    load_start = os.getloadavg()[0]
+    results: list[Comparison] = []
+    memory_results: list[memory.MemoryResult] = []
+    sweep: end_to_end.Sweep | None = None
+    micro = [name for name in names if name in MICRO]
+    if micro:
+        results += asyncio.run(run_micro(micro, backends, settings))
+    if "memory" in names:
+        memory_results = memory.run(backends, settings)
+    if "end_to_end" in names:
+        plot = HERE / "throughput.png" if not args.no_write else Path(os.devnull)
+        e2e = end_to_end.run(backends, settings, plot=plot)
+        results += e2e.comparisons
+        sweep = e2e
+        skipped += e2e.skipped
+    elapsed = time.monotonic() - started
+    print(f"\ndone in {elapsed / 60:.1f} min")
+    output: Path | None = args.output
+    full = set(names) == set(SCENARIOS) and not args.quick
+    if output is None and full:
+        output = HERE / "RESULTS.md"
+    if output is not None and not args.no_write:
+        text = report.render(
+            results,
+            memory_results,
+            sweep,
+            settings=settings,
+            elapsed=elapsed,
+            skipped=skipped,
+            command=" ".join(["python -m benchmarks", *(argv or sys.argv[1:])]),
+            load_average=(load_start, os.getloadavg()[0]),
+        )
+        output.write_text(text, encoding="utf-8")
+        print(f"wrote {output}")
+    missed = [r.scenario for r in results if not r.passed]
+    missed += [f"memory {m.side} {m.backend}" for m in memory_results if not m.passed]
+    if missed:
+        print(f"missed targets: {len(missed)}")
+    return 1 if missed and args.check else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,227 @@
+"""The end-to-end JSON API, three ways, served by hypercorn on 127.0.0.1.
+
+- ``GET /items/<id>``: one row, or 404;
+- ``POST /items`` ``{"text": ...}``: one new row, committed, 201;
+- ``GET /items?page=N``: 20 rows of page N, with the total count.
+
+``--app async_sa`` uses the async_sa Quart extension (``db.session``,
+``db.get_or_404``, ``db.paginate``); ``--app by_hand`` opens an
+``async_sessionmaker`` session in ``before_request`` and closes it in
+``teardown_appcontext``; ``--app quart_sqlalchemy`` does the same with
+quart-sqlalchemy 3.0.4's session factory, and runs in that package's own
+virtual environment (it pins older Quart and SQLAlchemy).
+
+This file imports nothing from ``benchmarks`` or (but for ``--app async_sa``)
+``async_sa``, so any of those environments can run it by path::
+
+    python benchmarks/e2e_server.py --app by_hand --url URL --port 8000
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import importlib
+import json
+import signal
+import typing as t
+
+import quart
+import sqlalchemy as sa
+import sqlalchemy.ext.asyncio as sa_async
+import sqlalchemy.orm as sa_orm
+from sqlalchemy.orm import Mapped
+from sqlalchemy.orm import mapped_column
+
+TABLE = "bench_e2e_item"
+PER_PAGE = 20
+APPS = ("async_sa", "by_hand", "quart_sqlalchemy")
+
+
+def _text(body: t.Any) -> str:
+    if not isinstance(body, dict) or not isinstance(body.get("text"), str):
+        quart.abort(400)
+    return t.cast(str, body["text"])
+
+
+def _page() -> int:
+    return quart.request.args.get("page", 1, type=int) or 1
+
+
+def async_sa_app(url: str, engine_options: dict[str, t.Any]) -> quart.Quart:
+    """(a) The async_sa Quart extension: the request's session is ``db.session``."""
+    from async_sa import SQLAlchemy
+
+    app = quart.Quart(__name__)
+    app.config.update(
+        SQLALCHEMY_DATABASE_URI=url, SQLALCHEMY_ENGINE_OPTIONS=engine_options
+    )
+    db = SQLAlchemy(app)
+
+    class Item(db.Model):  # type: ignore[name-defined,misc]
+        __tablename__ = TABLE
+        id: Mapped[int] = mapped_column(primary_key=True)
+        text: Mapped[str] = mapped_column(sa.String(200))
+
+    @app.get("/items/<int:item_id>")
+    async def get_item(item_id: int) -> dict[str, t.Any]:
+        item = await db.get_or_404(Item, item_id)
+        return {"id": item.id, "text": item.text}
+
+    @app.post("/items")
+    async def add_item() -> tuple[dict[str, t.Any], int]:
+        item = Item(text=_text(await quart.request.get_json()))
+        db.session.add(item)
+        await db.session.commit()
+        return {"id": item.id, "text": item.text}, 201
+
+    @app.get("/items")
+    async def list_items() -> dict[str, t.Any]:
+        page = await db.paginate(sa.select(Item).order_by(Item.id), per_page=PER_PAGE)
+        return {
+            "items": [{"id": item.id, "text": item.text} for item in page.items],
+            "page": page.page,
+            "total": page.total,
+        }
+
+    return app
+
+
+def by_hand_app(url: str, engine_options: dict[str, t.Any]) -> quart.Quart:
+    """(b) By hand: ``async_sessionmaker``, a session opened in ``before_request``
+    and closed in ``teardown_appcontext``."""
+
+    class Base(sa_orm.DeclarativeBase):
+        pass
+
+    class Item(Base):
+        __tablename__ = TABLE
+        id: Mapped[int] = mapped_column(primary_key=True)
+        text: Mapped[str] = mapped_column(sa.String(200))
+
+    app = quart.Quart(__name__)
+    engine = sa_async.create_async_engine(url, **engine_options)
+    make_session = sa_async.async_sessionmaker(engine, expire_on_commit=False)
+    add_routes(app, Item, make_session)
+
+    @app.after_serving
+    async def dispose() -> None:
+        await engine.dispose()
+
+    return app
+
+
+def quart_sqlalchemy_app(url: str, engine_options: dict[str, t.Any]) -> quart.Quart:
+    """(c) quart-sqlalchemy 3.0.4: its async bind's session factory, a session
+    per request as in (b). That package has no request-scoped session."""
+    config_module = importlib.import_module("quart_sqlalchemy")
+    framework = importlib.import_module("quart_sqlalchemy.framework")
+    app = quart.Quart(__name__)
+    config = config_module.SQLAlchemyConfig(
+        binds={
+            "default": {
+                "engine": {"url": url, **engine_options},
+                "session": {"expire_on_commit": False},
+            }
+        }
+    )
+    db = framework.QuartSQLAlchemy(config, app)
+
+    class Item(db.Model):  # type: ignore[name-defined,misc]
+        __tablename__ = TABLE
+        id: Mapped[int] = mapped_column(primary_key=True)
+        text: Mapped[str] = mapped_column(sa.String(200))
+
+    bind = db.get_bind("default")
+    add_routes(app, Item, bind.Session)
+
+    @app.after_serving
+    async def dispose() -> None:
+        await bind.engine.dispose()
+
+    return app
+
+
+def add_routes(
+    app: quart.Quart, item_class: t.Any, make_session: t.Callable[[], t.Any]
+) -> None:
+    """The API on a session kept in ``g`` from ``before_request`` to
+    ``teardown_appcontext``, as (b) and (c) write it."""
+
+    @app.before_request
+    async def open_session() -> None:
+        quart.g.session = make_session()
+
+    @app.teardown_appcontext
+    async def close_session(exc: BaseException | None) -> None:
+        session = quart.g.pop("session", None)
+        if session is not None:
+            await session.close()
+
+    @app.get("/items/<int:item_id>")
+    async def get_item(item_id: int) -> dict[str, t.Any]:
+        item = await quart.g.session.get(item_class, item_id)
+        if item is None:
+            quart.abort(404)
+        return {"id": item.id, "text": item.text}
+
+    @app.post("/items")
+    async def add_item() -> tuple[dict[str, t.Any], int]:
+        item = item_class(text=_text(await quart.request.get_json()))
+        quart.g.session.add(item)
+        await quart.g.session.commit()
+        return {"id": item.id, "text": item.text}, 201
+
+    @app.get("/items")
+    async def list_items() -> dict[str, t.Any]:
+        page = _page()
+        session = quart.g.session
+        total = await session.scalar(sa.select(sa.func.count()).select_from(item_class))
+        items = await session.scalars(
+            sa.select(item_class)
+            .order_by(item_class.id)
+            .limit(PER_PAGE)
+            .offset((page - 1) * PER_PAGE)
+        )
+        return {
+            "items": [{"id": item.id, "text": item.text} for item in items],
+            "page": page,
+            "total": total,
+        }
+
+
+async def serve(app: quart.Quart, port: int) -> None:
+    import hypercorn.asyncio
+    import hypercorn.config
+
+    config = hypercorn.config.Config()
+    config.bind = [f"127.0.0.1:{port}"]
+    config.backlog = 1024
+    config.loglevel = "WARNING"
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    loop.add_signal_handler(signal.SIGINT, stop.set)
+    await hypercorn.asyncio.serve(app, config, shutdown_trigger=stop.wait)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--app", choices=APPS, required=True)
+    parser.add_argument("--url", required=True)
+    parser.add_argument(
+        "--engine-options", default="{}", help="create_async_engine options, JSON"
+    )
+    parser.add_argument("--port", type=int, required=True)
+    args = parser.parse_args()
+    make_app = {
+        "async_sa": async_sa_app,
+        "by_hand": by_hand_app,
+        "quart_sqlalchemy": quart_sqlalchemy_app,
+    }[args.app]
+    app = make_app(args.url, json.loads(args.engine_options))
+    asyncio.run(serve(app, args.port))
+
+
+if __name__ == "__main__":
+    main()
