@@ -64,6 +64,13 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         "--no-write", action="store_true", help="print only; write no files"
     )
     parser.add_argument(
+        "--profile",
+        type=Path,
+        metavar="DIR",
+        help="profile each in-process scenario with pyinstrument; write the "
+        "call trees to DIR (timings are then slower, ratios meaningless)",
+    )
+    parser.add_argument(
         "--check",
         action="store_true",
         help="exit with status 1 when a target is missed",
@@ -72,17 +79,44 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 
 async def run_micro(
-    names: list[str], backends: list[str], settings: Settings
+    names: list[str],
+    backends: list[str],
+    settings: Settings,
+    profile: Path | None = None,
 ) -> list[Comparison]:
     results: list[Comparison] = []
     for name in names:
         for backend_name in backends:
             async with _backends.open_backend(backend_name, name) as backend:
                 print(f"-- {name} on {backend.label}", flush=True)
-                for comparison in await MICRO[name](backend, settings):
+                if profile is not None:
+                    comparisons = await profiled(
+                        MICRO[name](backend, settings),
+                        profile / f"{name}-{backend_name}.txt",
+                    )
+                else:
+                    comparisons = await MICRO[name](backend, settings)
+                for comparison in comparisons:
                     print(comparison.line(), flush=True)
                     results.append(comparison)
     return results
+
+
+async def profiled(
+    scenario: Awaitable[list[Comparison]], path: Path
+) -> list[Comparison]:
+    """Run ``scenario`` under pyinstrument and write its call tree to ``path``."""
+    from pyinstrument import Profiler
+
+    profiler = Profiler(interval=0.0002, async_mode="disabled")
+    profiler.start()
+    try:
+        return await scenario
+    finally:
+        profiler.stop()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(profiler.output_text(unicode=True, show_all=True))
+        print(f"profile written to {path}", flush=True)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -104,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
     sweep: end_to_end.Sweep | None = None
     micro = [name for name in names if name in MICRO]
     if micro:
-        results += asyncio.run(run_micro(micro, backends, settings))
+        results += asyncio.run(run_micro(micro, backends, settings, args.profile))
     if "memory" in names:
         memory_results = memory.run(backends, settings)
     if "end_to_end" in names:

@@ -123,7 +123,7 @@ async def run(backend: Backend, settings: Settings) -> list[Comparison]:
             concurrent(with_async_sa),
             concurrent(by_hand),
             settings,
-            ops=settings.scale(4, 2),
+            ops=settings.scale(8, 2),
         )
         results = [
             Comparison.of(
@@ -140,7 +140,7 @@ async def run(backend: Backend, settings: Settings) -> list[Comparison]:
                 TARGET,
                 LABELS,
                 concurrent_samples,
-                batch=f"{settings.scale(4, 2)} waves of {TASKS} tasks",
+                batch=f"{settings.scale(8, 2)} waves of {TASKS} tasks",
             ),
         ]
         await db.session.registry.wait_closed()
