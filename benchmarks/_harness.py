@@ -42,7 +42,8 @@ class Settings:
 class Comparison:
     """One scenario on one backend: async_sa (A) against its baseline (B).
 
-    ``ratios`` pairs the samples of the same round. For times, lower is better
+    ``ratios`` has one ratio per round: given (``round_ratios``, from
+    :func:`interleave`), else A's sample over B's. For times, lower is better
     and the target is a maximum; for throughputs (``higher_is_better``) it is a
     minimum.
     """
@@ -61,6 +62,7 @@ class Comparison:
     """What one sample is, for the report (``"200 units of work"``)."""
     higher_is_better: bool = False
     note: str = ""
+    round_ratios: list[float] | None = None
 
     @classmethod
     def of(
@@ -81,11 +83,14 @@ class Comparison:
             labels[1],
             samples.a,
             samples.b,
+            round_ratios=samples.ratios,
             **kwargs,
         )
 
     @property
     def ratios(self) -> list[float]:
+        if self.round_ratios is not None:
+            return self.round_ratios
         return [
             a / b for a, b in zip(self.a_values, self.b_values, strict=True) if b > 0
         ]
@@ -132,10 +137,12 @@ class Comparison:
 
 @dataclasses.dataclass
 class Samples:
-    """Seconds per round for A and for B, in round order."""
+    """Per round, in round order: A's and B's total seconds, and the median of
+    the ratios of each A operation to the B operation timed next to it."""
 
     a: list[float] = dataclasses.field(default_factory=list)
     b: list[float] = dataclasses.field(default_factory=list)
+    ratios: list[float] = dataclasses.field(default_factory=list)
 
 
 async def interleave(
@@ -143,18 +150,19 @@ async def interleave(
 ) -> Samples:
     """Time ``a`` and ``b`` alternately, one operation at a time (A B B A A B ...).
 
-    Each round runs ``ops`` operations of each side, and its sample is the sum
-    of their durations. Alternating single operations keeps the two sides
-    under the same machine load even when it changes from one millisecond to
-    the next (other processes on a small, shared box); the median over rounds
-    then drops the rounds a burst of load hit unevenly. Warm-up rounds run
-    first, untimed.
+    Each round runs ``ops`` pairs of operations. Alternating single
+    operations keeps the two sides under the same machine load even when it
+    changes from one millisecond to the next (other processes on a small,
+    shared box). A round's ratio is the median of its pairs' ratios, so a
+    burst of load that hits one operation of a pair does not move it; the
+    report takes the median over rounds. Warm-up rounds run first, untimed.
     """
     clock = time.perf_counter
     samples = Samples()
     for round_ in range(-settings.warmup, settings.rounds):
         gc.collect()
-        a_time = b_time = 0.0
+        a_times: list[float] = []
+        b_times: list[float] = []
         for op in range(ops):
             if op % 2:
                 start = clock()
@@ -162,17 +170,23 @@ async def interleave(
                 middle = clock()
                 await a()
                 end = clock()
-                b_time += middle - start
-                a_time += end - middle
+                b_times.append(middle - start)
+                a_times.append(end - middle)
             else:
                 start = clock()
                 await a()
                 middle = clock()
                 await b()
                 end = clock()
-                a_time += middle - start
-                b_time += end - middle
+                a_times.append(middle - start)
+                b_times.append(end - middle)
         if round_ >= 0:
+            samples.ratios.append(
+                statistics.median(
+                    a / b for a, b in zip(a_times, b_times, strict=True) if b > 0
+                )
+            )
+            a_time, b_time = sum(a_times), sum(b_times)
             samples.a.append(a_time)
             samples.b.append(b_time)
     return samples

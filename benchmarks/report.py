@@ -91,11 +91,14 @@ def render(
         "aiosqlite; PostgreSQL on 127.0.0.1 through asyncpg with "
         "`synchronous_commit=off`. Both sides of every comparison get the same "
         "database, URL, pool and connect arguments.",
-        f"- **Method**: A and B alternate one operation at a time (A B B A …) in "
-        f"one process; {settings.rounds} timed rounds after "
-        f"{settings.warmup} warm-up round(s). Each ratio is async_sa / baseline "
-        "per round; the table shows the median and the min–max over rounds. "
-        "Times are for context only.",
+        f"- **Method**: A (async_sa) and B (baseline) alternate one operation at "
+        f"a time (A B B A …) in one process; {settings.rounds} timed rounds "
+        f"after {settings.warmup} warm-up round(s). A round's ratio is the "
+        "median of A/B over its adjacent pairs of operations; the table shows "
+        "the median and the min–max of the round ratios. End to end: one "
+        "load-generator run per app per round, apps in rotating order; the "
+        "ratio is async_sa's throughput over the other app's in the same round. "
+        "Absolute times (median per round) are for context only.",
         "",
     ]
     for note in skipped:
