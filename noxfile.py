@@ -19,7 +19,7 @@ def group(name: str) -> list[str]:
     return list(nox.project.dependency_groups(PYPROJECT, name))
 
 
-OLDEST_SQLALCHEMY = "2.0.30"
+OLDEST_SQLALCHEMY = "2.0.53"
 
 
 @nox.session
@@ -31,7 +31,11 @@ def tests(session: nox.Session) -> None:
 
 @nox.session
 def tests_min(session: nox.Session) -> None:
-    """The test suite on the oldest supported SQLAlchemy 2.0 release."""
+    """The test suite on the oldest supported SQLAlchemy 2.0 release.
+
+    2.0.53 is the first whose asyncio connections are always closed when a task
+    is cancelled mid-query (the disconnect-storm test fails on 2.0.30 to 2.0.52).
+    """
     session.install("-e", ".[postgresql,quart]", *group("tests"))
     session.install(f"sqlalchemy[asyncio]=={OLDEST_SQLALCHEMY}")
     session.run("pytest", *session.posargs)
