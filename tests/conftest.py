@@ -168,16 +168,32 @@ async def postgres() -> AsyncIterator[Backend]:
 
 
 MakeDb = Callable[..., SQLAlchemy]
+NewDb = Callable[..., SQLAlchemy]
 
 
 @pytest.fixture
-async def make_db(backend: Backend) -> AsyncIterator[MakeDb]:
+async def new_db() -> AsyncIterator[NewDb]:
+    """Build ``SQLAlchemy`` objects (arguments as for ``SQLAlchemy``); all are
+    disposed afterwards."""
+    made: list[SQLAlchemy] = []
+
+    def make(**kwargs: t.Any) -> SQLAlchemy:
+        db = SQLAlchemy(**kwargs)
+        made.append(db)
+        return db
+
+    yield make
+    for db in made:
+        await db.dispose()
+
+
+@pytest.fixture
+def make_db(backend: Backend, new_db: NewDb) -> MakeDb:
     """Build ``SQLAlchemy`` objects on ``backend``; all are disposed afterwards.
 
     Keyword arguments go to ``SQLAlchemy``; ``url`` defaults to the backend's,
     and on the backend's URL its engine options are added to ``engine_options``.
     """
-    made: list[SQLAlchemy] = []
 
     def make(**kwargs: t.Any) -> SQLAlchemy:
         kwargs.setdefault("url", backend.url)
@@ -186,13 +202,9 @@ async def make_db(backend: Backend) -> AsyncIterator[MakeDb]:
                 **backend.engine_options,
                 **kwargs.get("engine_options", {}),
             }
-        db = SQLAlchemy(**kwargs)
-        made.append(db)
-        return db
+        return new_db(**kwargs)
 
-    yield make
-    for db in made:
-        await db.dispose()
+    return make
 
 
 @pytest.fixture

@@ -20,6 +20,7 @@ from async_sa import models_committed
 from async_sa import SQLAlchemy
 from async_sa.state import State
 from tests.conftest import Backend
+from tests.conftest import NewDb
 
 MakeApp = Callable[..., quart.Quart]
 
@@ -36,24 +37,6 @@ def make_app(backend: Backend, tmp_path: Path) -> MakeApp:
         return app
 
     return make
-
-
-NewDb = Callable[..., SQLAlchemy]
-
-
-@pytest.fixture
-async def new_db() -> AsyncIterator[NewDb]:
-    """Build SQLAlchemy objects (arguments as for SQLAlchemy); disposed afterwards."""
-    made: list[SQLAlchemy] = []
-
-    def make(**kwargs: t.Any) -> SQLAlchemy:
-        db = SQLAlchemy(**kwargs)
-        made.append(db)
-        return db
-
-    yield make
-    for db in made:
-        await db.dispose()
 
 
 @pytest.fixture
