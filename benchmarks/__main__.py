@@ -119,6 +119,14 @@ async def profiled(
         print(f"profile written to {path}", flush=True)
 
 
+def plot_path(output: Path) -> Path:
+    """The throughput plot beside the results: ``throughput.png`` for
+    ``RESULTS.md``, else ``<name>-throughput.png``."""
+    if output.name == "RESULTS.md":
+        return output.parent / "throughput.png"
+    return output.parent / f"{output.stem}-throughput.png"
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     settings = Settings.make(quick=args.quick, rounds=args.rounds)
@@ -131,6 +139,13 @@ def main(argv: list[str] | None = None) -> int:
             print(f"skipping PostgreSQL: {reason}", flush=True)
             skipped.append(f"PostgreSQL skipped: {reason}")
             backends.remove("postgresql")
+    output: Path | None = args.output
+    full = set(names) == set(SCENARIOS) and not args.quick
+    if output is None and full:
+        output = HERE / "RESULTS.md"
+    if args.no_write:
+        output = None
+    plot = None if output is None else plot_path(output)
     started = time.monotonic()
     load_start = os.getloadavg()[0]
     results: list[Comparison] = []
@@ -142,18 +157,13 @@ def main(argv: list[str] | None = None) -> int:
     if "memory" in names:
         memory_results = memory.run(backends, settings)
     if "end_to_end" in names:
-        plot = HERE / "throughput.png" if not args.no_write else Path(os.devnull)
         e2e = end_to_end.run(backends, settings, plot=plot)
         results += e2e.comparisons
         sweep = e2e
         skipped += e2e.skipped
     elapsed = time.monotonic() - started
     print(f"\ndone in {elapsed / 60:.1f} min")
-    output: Path | None = args.output
-    full = set(names) == set(SCENARIOS) and not args.quick
-    if output is None and full:
-        output = HERE / "RESULTS.md"
-    if output is not None and not args.no_write:
+    if output is not None:
         text = report.render(
             results,
             memory_results,

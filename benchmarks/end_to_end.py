@@ -265,7 +265,8 @@ def rounds_for(concurrency: int, settings: Settings) -> int:
     return 1 if settings.quick else 3
 
 
-def run(backends: list[str], settings: Settings, *, plot: Path) -> Sweep:
+def run(backends: list[str], settings: Settings, *, plot: Path | None) -> Sweep:
+    """Every end-to-end measurement; the sweep is drawn to ``plot`` if given."""
     sweep = Sweep()
     requests = 400 if settings.quick else 1000
     sweep.requests = requests
@@ -305,8 +306,9 @@ def run(backends: list[str], settings: Settings, *, plot: Path) -> Sweep:
             )
             print(comparison.line(), flush=True)
             sweep.comparisons.append(comparison)
-    draw(sweep, plot)
-    sweep.plot = plot
+    if plot is not None:
+        draw(sweep, plot)
+        sweep.plot = plot
     return sweep
 
 

@@ -171,8 +171,11 @@ def render(
             "GET one, 20 % POST, 20 % list). Median requests per second; the "
             "apps' order rotates every round.",
             "",
-            "![throughput vs concurrency](throughput.png)",
-            "",
+            *(
+                [f"![throughput vs concurrency]({sweep.plot.name})", ""]
+                if sweep.plot is not None
+                else []
+            ),
             "| Database | App | "
             + " | ".join(f"{c} conn." for c in CONCURRENCY)
             + " |",
