@@ -64,7 +64,7 @@ def test_driver_with_an_async_mode_is_accepted() -> None:
 
 def test_missing_driver_package_says_what_to_install() -> None:
     """A driver that is not installed names the package to install."""
-    db = SQLAlchemy(url="mysql+aiomysql://u:secret@h/d")
+    db = SQLAlchemy(url="mssql+aioodbc://u:secret@h/d")
     with pytest.raises(ImportError, match="pip install") as info:
         db.engine  # noqa: B018
     assert "secret" not in str(info.value)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import typing as t
 import uuid
 from pathlib import Path
@@ -128,7 +129,7 @@ MISCONFIGURATIONS: list[tuple[str, dict[str, t.Any], type[Exception], str]] = [
     ("bind of wrong type", {"binds": {"x": 1}}, TypeError, "must be a URL string"),
     (
         "driver not installed",
-        {"url": "mysql+aiomysql://h/d"},
+        {"url": "mssql+aioodbc://h/d"},
         ImportError,
         "pip install",
     ),
@@ -187,4 +188,28 @@ async def test_password_absent_from_logs_reprs_and_errors_when_connecting_fails(
         while cause is not None:
             texts += [str(cause), repr(cause)]
             cause = cause.__cause__
+    assert all(SECRET not in text for text in texts)
+
+
+MARIADB_URL = os.environ.get(
+    "ASYNC_SA_TEST_MARIADB_URL", "mysql+aiomysql://root@127.0.0.1:3306/test"
+)
+
+
+async def test_wrong_password_is_absent_from_logs_and_errors(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A server that checks passwords (MariaDB; our PostgreSQL trusts every
+    client) rejects a wrong one: the password shows up nowhere."""
+    pytest.importorskip("aiomysql", reason="pip install aiomysql to run this case")
+    caplog.set_level(logging.DEBUG)
+    url = sa.make_url(MARIADB_URL).set(password=SECRET)
+    async with SQLAlchemy(url=url, engine_options={"echo": "debug"}) as db:
+        with pytest.raises(sa.exc.OperationalError) as info:
+            await asyncio.wait_for(db.session.execute(sa.text("SELECT 1")), 20)
+        if "Access denied" not in str(info.value):
+            pytest.skip(
+                f"no MariaDB answers at {MARIADB_URL} (ASYNC_SA_TEST_MARIADB_URL)"
+            )
+        texts = [str(info.value), repr(info.value), repr(db), caplog.text]
     assert all(SECRET not in text for text in texts)
