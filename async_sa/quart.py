@@ -50,6 +50,7 @@ from async_sa import record_queries
 from async_sa.cleanup import run_to_completion
 from async_sa.engines import BindConfig
 from async_sa.engines import BindKey
+from async_sa.scoping import current_task
 from async_sa.state import State
 
 if t.TYPE_CHECKING:
@@ -225,12 +226,11 @@ async def _remove_session(db: SQLAlchemy) -> None:
     A session whose close fails has its connection invalidated, so the pool
     gets it back (and discards it) either way.
     """
-    registry = db.session.registry
-    if not registry.has():
+    session = db.session.registry.pop(current_task())
+    if session is None:
         return
-    session = registry()
     try:
-        await db.session.remove()
+        await session.close()
     except Exception:
         logger.exception(
             "closing the session at app context teardown failed; "
