@@ -9,7 +9,6 @@ from collections.abc import Iterator
 from collections.abc import Mapping
 
 import sqlalchemy as sa
-import sqlalchemy.orm as sa_orm
 
 from async_sa.state import State
 
@@ -28,6 +27,8 @@ DEFAULT_MAX_PER_PAGE = 100
 _MAX_OFFSET = 2**63 - 1
 """The largest OFFSET databases accept (a signed 64-bit integer); a page
 starting beyond it is empty."""
+_COUNT = sa.func.count()
+"""``count(*)``; eager loaders of the select are not rendered in its subquery."""
 _INTEGER = re.compile(r"([+-]?)0*([0-9]+)")
 _MAX_DIGITS = 19
 """Digits past which a query-string number only counts as "larger than any page"
@@ -245,12 +246,8 @@ async def paginate(
         state.not_found(f"Page {page} is past the last page.")
     total = None
     if count:
-        counted = (
-            select.options(sa_orm.lazyload("*")).order_by(None).limit(None).offset(None)
-        )
-        total = await session.scalar(
-            sa.select(sa.func.count()).select_from(counted.subquery())
-        )
+        counted = select.order_by(None).limit(None).offset(None).subquery()
+        total = await session.scalar(sa.select(_COUNT).select_from(counted))
     return SelectPagination(
         items,
         page=page,

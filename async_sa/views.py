@@ -40,12 +40,11 @@ async def get_or_404(
       PostgreSQL aborts the transaction on such an error. Pending changes are
       flushed before the lookup, so a failing flush is still raised as such.
     """
-    state = db._current_state()
     session = db.session()
     ident = _parse_text_identifier(entity, ident)
     if ident is _NO_ROW:
-        state.not_found(description)
-    if session.autoflush:
+        db._current_state().not_found(description)
+    if session.autoflush and (session.new or session.dirty or session.deleted):
         await session.flush()
     try:
         instance = await session.get(entity, ident, **kwargs)
@@ -55,7 +54,7 @@ async def get_or_404(
         await session.rollback()
         instance = None
     if instance is None:
-        state.not_found(description)
+        db._current_state().not_found(description)
     return instance
 
 

@@ -161,11 +161,18 @@ async def test_rejected_identifier_rolls_back(db: SQLAlchemy, models: Models) ->
     assert name == "one"
 
 
-async def test_failing_flush_is_not_a_404(db: SQLAlchemy, models: Models) -> None:
-    """Pending changes are flushed first: their failure is raised as itself."""
-    db.session.add(models.Tag(name="a", item_id=2))
-    with pytest.raises(sa.exc.IntegrityError):
-        await db.get_or_404(models.Tag, "\x00")
+@pytest.mark.parametrize("change", ["new", "modified"])
+async def test_failing_flush_is_not_a_404(
+    db: SQLAlchemy, models: Models, change: str
+) -> None:
+    """Pending changes, new or modified, are flushed before the lookup: their
+    failure is raised as itself, even one that looks like a rejected key."""
+    if change == "new":
+        db.session.add(models.Item(name="\ud800"))
+    else:
+        (await db.session.get_one(models.Item, 2)).name = "\ud800"
+    with pytest.raises((sa.exc.StatementError, UnicodeError)):
+        await db.get_or_404(models.Tag, "a")
 
 
 async def test_get_or_404_unmapped_entity_is_an_error(db: SQLAlchemy) -> None:
