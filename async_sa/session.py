@@ -114,12 +114,6 @@ class AsyncSession(sa_async.AsyncSession):
         Cancelling the caller does not interrupt the close (which would leave
         the connection checked out); the cancellation is raised once it is done.
         """
-        if not self.sync_session.in_transaction():
-            # No transaction, so no connection: closing does no IO and never
-            # suspends, so nothing can interrupt it. This spares the common
-            # close after a commit a task and two event-loop iterations.
-            await super().close()
-            return
         await run_to_completion(super().close())
 
     async def __aexit__(self, type_: t.Any, value: t.Any, traceback: t.Any) -> None:
