@@ -48,9 +48,8 @@ class TaskRegistry(ScopedRegistry[_AS]):
 
     def __call__(self) -> _AS:
         task = current_task()
-        try:
-            session: _AS = self.registry[task]
-        except KeyError:
+        session: _AS | None = self.registry.get(task)
+        if session is None:
             session = self.createfunc()
             self._register(task, session)
         return session
