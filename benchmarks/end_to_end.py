@@ -5,8 +5,8 @@ the hand-written ``before_request``/``teardown_appcontext`` app, and
 quart-sqlalchemy 3.0.4) run at once, each a hypercorn process on 127.0.0.1,
 each on the same database table and pool options. :mod:`benchmarks.loadgen`
 runs as a separate process per measurement, against one server at a time,
-rotating the order every round. Throughput is requests / wall time for a fixed
-number of requests.
+in a rotated order and back every round (A B C C B A). Throughput is requests
+/ wall time for a fixed number of requests.
 
 Targets at 64 connections (median of the per-round ratios): async_sa ≥ 0.97 ×
 the hand-written app, and ≥ 1.0 × quart-sqlalchemy. The sweep over 8, 32, 64
@@ -261,8 +261,8 @@ def rounds_for(concurrency: int, settings: Settings) -> int:
     the load changes from one second to the next, and short runs next to each
     other see more nearly the same machine."""
     if concurrency == MAIN_CONCURRENCY:
-        return 3 if settings.quick else 15
-    return 1 if settings.quick else 3
+        return 3 if settings.quick else 12
+    return 1 if settings.quick else 2
 
 
 def run(backends: list[str], settings: Settings, *, plot: Path | None) -> Sweep:
@@ -335,17 +335,25 @@ def sweep_backend(
     requests: int,
     settings: Settings,
 ) -> None:
-    """Warm every server up, then for each concurrency run the apps in rotated
-    order, round after round, all on the same request sequence per round."""
+    """Warm every server up, then for each concurrency run round after round,
+    all on the same request sequence per round. A round loads the apps in a
+    rotated order and then in the reverse one (A B C C B A), so a machine
+    getting faster or slower during the round weighs on every app alike; an
+    app's throughput in the round is over both of its runs."""
     order = list(running)
     for server in running.values():
         load(server, 16, max(200, requests // 4), seed=999)
     for concurrency in CONCURRENCY:
         for round_ in range(rounds_for(concurrency, settings)):
             shift = round_ % len(order)
-            for app in order[shift:] + order[:shift]:
+            rotated = order[shift:] + order[:shift]
+            seconds = dict.fromkeys(order, 0.0)
+            for app in rotated + rotated[::-1]:
                 rps = load(running[app], concurrency, requests, seed=round_)
-                by_app[app].setdefault(concurrency, []).append(rps)
+                seconds[app] += requests / rps
+            for app in order:
+                throughput = 2 * requests / seconds[app]
+                by_app[app].setdefault(concurrency, []).append(throughput)
         medians = ", ".join(
             f"{app} {statistics.median(by_app[app][concurrency]):.0f}" for app in order
         )

@@ -95,9 +95,10 @@ def render(
         f"a time (A B B A …) in one process; {settings.rounds} timed rounds "
         f"after {settings.warmup} warm-up round(s). A round's ratio is the "
         "median of A/B over its adjacent pairs of operations; the table shows "
-        "the median and the min–max of the round ratios. End to end: one "
-        "load-generator run per app per round, apps in rotating order; the "
-        "ratio is async_sa's throughput over the other app's in the same round. "
+        "the median and the min–max of the round ratios. End to end: two "
+        "load-generator runs per app per round, in a rotated order and back "
+        "(A B C C B A); the ratio is async_sa's throughput over the other app's "
+        "in the same round. "
         "Absolute times (median per round) are for context only.",
         "",
     ]
@@ -168,8 +169,8 @@ def render(
             "in three Quart apps, each served by its own hypercorn process on "
             "127.0.0.1 and loaded by a separate load-generator process "
             f"(`benchmarks/loadgen.py`, {sweep.requests} requests per run, 60 % "
-            "GET one, 20 % POST, 20 % list). Median requests per second; the "
-            "apps' order rotates every round.",
+            "GET one, 20 % POST, 20 % list). Median requests per second over the "
+            "rounds; each round runs the apps in a rotated order and back.",
             "",
             *(
                 [f"![throughput vs concurrency]({sweep.plot.name})", ""]
