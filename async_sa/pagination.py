@@ -28,7 +28,7 @@ _MAX_OFFSET = 2**63 - 1
 """The largest OFFSET databases accept (a signed 64-bit integer); a page
 starting beyond it is empty."""
 _COUNT = sa.func.count()
-"""``count(*)``; eager loaders of the select are not rendered in its subquery."""
+"""``count(*)``, built once for every count."""
 _INTEGER = re.compile(r"([+-]?)0*([0-9]+)")
 _MAX_DIGITS = 19
 """Digits past which a query-string number only counts as "larger than any page"
@@ -246,6 +246,8 @@ async def paginate(
         state.not_found(f"Page {page} is past the last page.")
     total = None
     if count:
+        # Eager loaders of ``select`` are not rendered in a subquery: the count
+        # joins nothing they would.
         counted = select.order_by(None).limit(None).offset(None).subquery()
         total = await session.scalar(sa.select(_COUNT).select_from(counted))
     return SelectPagination(
