@@ -44,7 +44,9 @@ async def get_or_404(
     ident = _parse_text_identifier(entity, ident)
     if ident is _NO_ROW:
         db._current_state().not_found(description)
-    if session.autoflush and (session.new or session.dirty or session.deleted):
+    # The check flush() starts with; session.new/dirty/deleted would build
+    # three sets to say the same, and an empty flush costs a greenlet round.
+    if session.autoflush and not session.sync_session._is_clean():
         await session.flush()
     try:
         instance = await session.get(entity, ident, **kwargs)

@@ -254,6 +254,30 @@ async def test_empty_page_past_the_first(db: SQLAlchemy, models: Models) -> None
     assert (empty.items, empty.total, empty.pages) == ([], 0, 0)
 
 
+async def test_count_comes_first_and_spares_a_page_past_the_end(
+    db: SQLAlchemy, models: Models
+) -> None:
+    """The count runs before the page's query (so loaded rows are not held
+    across its round trip), and a page it shows to be past the end is not
+    queried at all."""
+    statements: list[str] = []
+
+    @sa.event.listens_for(db.engine.sync_engine, "before_cursor_execute")
+    def record(*args: t.Any) -> None:
+        statements.append(args[2])
+
+    last = await db.paginate(todos(models), page=13)
+    assert len(last.items) == 10
+    assert [sql.lstrip().upper().startswith("SELECT COUNT") for sql in statements] == [
+        True,
+        False,
+    ]
+    statements.clear()
+    past = await db.paginate(todos(models), page=14, error_out=False)
+    assert (past.items, past.total) == ([], 250)
+    assert len(statements) == 1
+
+
 @pytest.mark.parametrize("page", [2**31, 2**62, 2**63 // 20, 10**30])
 async def test_huge_page_is_not_found(
     db: SQLAlchemy, models: Models, page: int
