@@ -198,6 +198,9 @@ async def serve(app: quart.Quart, port: int) -> None:
     config.bind = [f"127.0.0.1:{port}"]
     config.backlog = 1024
     config.loglevel = "WARNING"
+    # The load generator keeps its connections open for the whole sweep.
+    config.keep_alive_timeout = 600
+    config.keep_alive_max_requests = 1_000_000
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGTERM, stop.set)

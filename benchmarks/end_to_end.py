@@ -4,9 +4,15 @@ The three servers (:mod:`benchmarks.e2e_server`: async_sa's Quart extension,
 the hand-written ``before_request``/``teardown_appcontext`` app, and
 quart-sqlalchemy 3.0.4) run at once, each a hypercorn process on 127.0.0.1,
 each on the same database table and pool options. :mod:`benchmarks.loadgen`
-runs as a separate process per measurement, against one server at a time,
-in a rotated order and back every round (A B C C B A). Throughput is requests
-/ wall time for a fixed number of requests.
+runs as a separate process per concurrency level, connected to all of them,
+and loads one server at a time in slices of a fixed number of requests: a
+round runs the apps in a rotated order and back, twice (A B C C B A A B C C B
+A). An app's throughput in a round is its requests over its seconds in that
+round. A shared box drifts over seconds; slices of a fraction of a second side
+by side see nearly the same machine (runs of a thousand requests each, one
+after the other, gave round ratios spread 2.5 times wider between two copies
+of the same app). The rounds run in blocks, each with freshly started servers
+(see :func:`blocks_for`).
 
 Targets at 64 connections (median of the per-round ratios): async_sa ≥ 0.97 ×
 the hand-written app, and ≥ 1.0 × quart-sqlalchemy. The sweep over 8, 32, 64
@@ -45,6 +51,12 @@ HERE = Path(__file__).resolve().parent
 SERVER = HERE / "e2e_server.py"
 LOADGEN = HERE / "loadgen.py"
 ROWS = 1000
+SLICE = 256
+"""Requests per slice (at least; see :func:`slice_size`)."""
+REPEATS = 2
+"""Times a round runs the apps in a rotated order and back."""
+WARM_UP_SLICES = 4
+"""Unmeasured slices per app before the first concurrency level of a block."""
 CONCURRENCY = (8, 32, 64, 128)
 MAIN_CONCURRENCY = 64
 BY_HAND_TARGET = 0.97
@@ -67,7 +79,6 @@ class Sweep:
     comparisons: list[Comparison] = dataclasses.field(default_factory=list)
     skipped: list[str] = dataclasses.field(default_factory=list)
     versions: dict[str, str] = dataclasses.field(default_factory=dict)
-    requests: int = 0
     plot: Path | None = None
 
 
@@ -196,48 +207,64 @@ def wait_until_listening(server: Server, timeout: float = 30.0) -> None:
     raise RuntimeError(f"the {server.app} server did not listen within {timeout} s")
 
 
-def load(server: Server, connections: int, requests: int, seed: int) -> float:
-    """One load run from a separate process; its throughput in req/s."""
+def slice_size(concurrency: int) -> int:
+    """Requests per slice: at least four per connection, so that the ramp up and
+    the drain at the slice's edges stay a small part of it."""
+    return max(SLICE, 4 * concurrency)
+
+
+def load_rounds(
+    running: dict[str, Server], concurrency: int, rounds: int, *, warm_up: int
+) -> dict[str, list[float]]:
+    """Load every server from one load-generator process, in slices (see
+    :mod:`benchmarks.loadgen`); each app's throughput (req/s) per round."""
+    by_port = {str(server.port): app for app, server in running.items()}
     completed = subprocess.run(
         [
             sys.executable,
             str(LOADGEN),
-            "--port",
-            str(server.port),
+            "--ports",
+            ",".join(by_port),
             "--connections",
-            str(connections),
-            "--requests",
-            str(requests),
+            str(concurrency),
+            "--slice",
+            str(slice_size(concurrency)),
+            "--rounds",
+            str(rounds),
+            "--repeats",
+            str(REPEATS),
             "--rows",
             str(ROWS),
-            "--seed",
-            str(seed),
+            "--warm-up",
+            str(warm_up),
         ],
         capture_output=True,
         text=True,
-        timeout=600,
+        timeout=3600,
         check=False,
+    )
+    logs = "\n".join(
+        f"{server.app} server log:\n{server.log.read_text()[-2000:]}"
+        for server in running.values()
     )
     if completed.returncode != 0:
         raise RuntimeError(
-            f"load on {server.app} failed: {completed.stderr[-2000:]}\n"
-            f"server log:\n{server.log.read_text()[-2000:]}"
+            f"the load generator failed: {completed.stderr[-2000:]}\n{logs}"
         )
     result = json.loads(completed.stdout)
-    bad = {
-        code: n for code, n in result["statuses"].items() if code not in ("200", "201")
+    for port, statuses in result["statuses"].items():
+        bad = {code: n for code, n in statuses.items() if code not in ("200", "201")}
+        if bad:
+            raise RuntimeError(f"{by_port[port]} answered {bad} under load\n{logs}")
+    per_round: int = result["requests_per_round"]
+    return {
+        by_port[port]: [per_round / spent for spent in seconds]
+        for port, seconds in result["seconds"].items()
     }
-    if bad:
-        raise RuntimeError(
-            f"{server.app} answered {bad} under load; server log:\n"
-            f"{server.log.read_text()[-2000:]}"
-        )
-    rps: float = result["rps"]
-    return rps
 
 
 async def seed(backend: _backends.Backend) -> None:
-    """The table every app serves, with ``ROWS`` rows (ids 1..ROWS)."""
+    """The table every app serves, made anew with ``ROWS`` rows (ids 1..ROWS)."""
     metadata_ = sa.MetaData()
     table = sa.Table(
         "bench_e2e_item",
@@ -249,6 +276,7 @@ async def seed(backend: _backends.Backend) -> None:
     async with engine.begin() as connection:
         if backend.name == "sqlite":
             await connection.exec_driver_sql("PRAGMA journal_mode=WAL")
+        await connection.run_sync(metadata_.drop_all)
         await connection.run_sync(metadata_.create_all)
         await connection.execute(
             sa.insert(table), [{"text": f"item {i}"} for i in range(1, ROWS + 1)]
@@ -256,20 +284,26 @@ async def seed(backend: _backends.Backend) -> None:
     await engine.dispose()
 
 
+def blocks_for(settings: Settings) -> int:
+    """Blocks of rounds, each with freshly started servers and a freshly seeded
+    table. Two processes of the same app, started side by side, kept a speed
+    gap of up to 7 % through a run (pinning them to CPUs or fixing the hash
+    seed did not remove it), so each app is measured in several processes,
+    started and loaded in a rotated order."""
+    return 2 if settings.quick else 6
+
+
 def rounds_for(concurrency: int, settings: Settings) -> int:
-    """Many short runs at the concurrency the targets are for: on a shared box
-    the load changes from one second to the next, and short runs next to each
-    other see more nearly the same machine."""
+    """Rounds per block: many at the concurrency the targets are for, one
+    elsewhere (the plot)."""
     if concurrency == MAIN_CONCURRENCY:
-        return 3 if settings.quick else 12
-    return 1 if settings.quick else 2
+        return 2 if settings.quick else 8
+    return 1
 
 
 def run(backends: list[str], settings: Settings, *, plot: Path | None) -> Sweep:
     """Every end-to-end measurement; the sweep is drawn to ``plot`` if given."""
     sweep = Sweep()
-    requests = 400 if settings.quick else 1000
-    sweep.requests = requests
     apps = {"async_sa": sys.executable, "by_hand": sys.executable}
     qsa_python, why = quart_sqlalchemy_python()
     if qsa_python is None:
@@ -283,7 +317,7 @@ def run(backends: list[str], settings: Settings, *, plot: Path | None) -> Sweep:
         by_app: dict[str, dict[int, list[float]]] = {app: {} for app in apps}
         sweep.throughput[_backends.LABELS[name]] = by_app
 
-        asyncio.run(measure(name, apps, by_app, requests, settings))
+        asyncio.run(measure(name, apps, by_app, settings))
         label = _backends.LABELS[name]
         main = {app: by_app[app][MAIN_CONCURRENCY] for app in apps}
         for other, target in (
@@ -301,7 +335,7 @@ def run(backends: list[str], settings: Settings, *, plot: Path | None) -> Sweep:
                 main["async_sa"],
                 main[other],
                 unit="req/s",
-                batch=f"{requests} requests",
+                batch=f"{2 * REPEATS} × {slice_size(MAIN_CONCURRENCY)} requests",
                 higher_is_better=True,
             )
             print(comparison.line(), flush=True)
@@ -316,48 +350,43 @@ async def measure(
     name: str,
     apps: dict[str, str],
     by_app: dict[str, dict[int, list[float]]],
-    requests: int,
     settings: Settings,
 ) -> None:
-    """Seed a fresh database on ``name``, start the servers, run the sweep."""
+    """On a fresh database on ``name``, block after block: seed the table,
+    start the servers, run the sweep."""
     async with _backends.open_backend(name, "e2e") as backend:
-        await seed(backend)
         with tempfile.TemporaryDirectory() as logs:
-            with servers(apps, backend, Path(logs)) as running:
-                await asyncio.to_thread(
-                    sweep_backend, running, by_app, requests, settings
-                )
+            for block in range(blocks_for(settings)):
+                print(f"   block {block + 1}:", flush=True)
+                await seed(backend)
+                names = list(apps)
+                shift = block % len(names)
+                rotated = {app: apps[app] for app in names[shift:] + names[:shift]}
+                with servers(rotated, backend, Path(logs)) as running:
+                    await asyncio.to_thread(sweep_backend, running, by_app, settings)
 
 
 def sweep_backend(
     running: dict[str, Server],
     by_app: dict[str, dict[int, list[float]]],
-    requests: int,
     settings: Settings,
 ) -> None:
-    """Warm every server up, then for each concurrency run round after round,
-    all on the same request sequence per round. A round loads the apps in a
-    rotated order and then in the reverse one (A B C C B A), so a machine
-    getting faster or slower during the round weighs on every app alike; an
-    app's throughput in the round is over both of its runs."""
-    order = list(running)
-    for server in running.values():
-        load(server, 16, max(200, requests // 4), seed=999)
-    for concurrency in CONCURRENCY:
-        for round_ in range(rounds_for(concurrency, settings)):
-            shift = round_ % len(order)
-            rotated = order[shift:] + order[:shift]
-            seconds = dict.fromkeys(order, 0.0)
-            for app in rotated + rotated[::-1]:
-                rps = load(running[app], concurrency, requests, seed=round_)
-                seconds[app] += requests / rps
-            for app in order:
-                throughput = 2 * requests / seconds[app]
-                by_app[app].setdefault(concurrency, []).append(throughput)
-        medians = ", ".join(
-            f"{app} {statistics.median(by_app[app][concurrency]):.0f}" for app in order
+    """For each concurrency, round after round of slices (A B C C B A, twice),
+    added to ``by_app``; the servers are warmed up first."""
+    for index, concurrency in enumerate(CONCURRENCY):
+        throughput = load_rounds(
+            running,
+            concurrency,
+            rounds_for(concurrency, settings),
+            warm_up=WARM_UP_SLICES if index == 0 else 1,
         )
-        print(f"   {concurrency:>3} connections: {medians} req/s", flush=True)
+        for app, per_round in throughput.items():
+            by_app[app].setdefault(concurrency, []).extend(per_round)
+        medians = ", ".join(
+            f"{app} {statistics.median(per_round):.0f}"
+            for app, per_round in throughput.items()
+        )
+        print(f"     {concurrency:>3} connections: {medians} req/s", flush=True)
 
 
 def draw(sweep: Sweep, path: Path) -> None:
@@ -392,7 +421,7 @@ def draw(sweep: Sweep, path: Path) -> None:
         axis.legend(loc="lower right")
     figure.suptitle(
         "End-to-end throughput, hypercorn on 127.0.0.1, "
-        f"{sweep.requests} requests per run"
+        f"slices of {SLICE} requests or 4 per connection"
     )
     figure.tight_layout()
     figure.savefig(path, dpi=110)

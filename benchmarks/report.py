@@ -15,7 +15,10 @@ from benchmarks import memory
 from benchmarks._harness import Comparison
 from benchmarks._harness import Settings
 from benchmarks.end_to_end import APP_LABELS
+from benchmarks.end_to_end import blocks_for
 from benchmarks.end_to_end import CONCURRENCY
+from benchmarks.end_to_end import REPEATS
+from benchmarks.end_to_end import SLICE
 from benchmarks.end_to_end import Sweep
 
 PACKAGES = ("sqlalchemy", "aiosqlite", "asyncpg", "quart", "hypercorn", "blinker")
@@ -95,10 +98,13 @@ def render(
         f"a time (A B B A …) in one process; {settings.rounds} timed rounds "
         f"after {settings.warmup} warm-up round(s). A round's ratio is the "
         "median of A/B over its adjacent pairs of operations; the table shows "
-        "the median and the min–max of the round ratios. End to end: two "
-        "load-generator runs per app per round, in a rotated order and back "
-        "(A B C C B A); the ratio is async_sa's throughput over the other app's "
-        "in the same round. "
+        "the median and the min–max of the round ratios. End to end: one "
+        "load-generator process loads the servers in turn, in slices of "
+        f"{SLICE} requests, {2 * REPEATS} slices per app per round in a rotated "
+        "order and back (A B C C B A …); the ratio is async_sa's throughput over "
+        "the other app's in the same round. The rounds run in "
+        f"{blocks_for(settings)} blocks, each with freshly started servers and "
+        "a freshly seeded table. "
         "Absolute times (median per round) are for context only.",
         "",
     ]
@@ -168,9 +174,12 @@ def render(
             "The same JSON API (GET one row, POST one row, paginated list of 20) "
             "in three Quart apps, each served by its own hypercorn process on "
             "127.0.0.1 and loaded by a separate load-generator process "
-            f"(`benchmarks/loadgen.py`, {sweep.requests} requests per run, 60 % "
-            "GET one, 20 % POST, 20 % list). Median requests per second over the "
-            "rounds; each round runs the apps in a rotated order and back.",
+            "(`benchmarks/loadgen.py`, one process per concurrency level; 60 % "
+            "GET one, 20 % POST, 20 % list). It loads one server at a time in "
+            f"slices of {SLICE} requests (or 4 per connection, if more); a round "
+            f"runs the apps in a rotated order and back, {REPEATS} times, in "
+            f"{blocks_for(settings)} blocks of freshly started servers. Median "
+            "requests per second over the rounds.",
             "",
             *(
                 [f"![throughput vs concurrency]({sweep.plot.name})", ""]
