@@ -6,6 +6,7 @@ import os
 import typing as t
 import weakref
 from collections.abc import Callable
+from collections.abc import Coroutine
 from collections.abc import Iterable
 from collections.abc import Mapping
 
@@ -241,15 +242,17 @@ class SQLAlchemy:
         await self.dispose()
 
     # -- view helpers -------------------------------------------------------------
+    # Each returns the helper's coroutine rather than awaiting it in one more:
+    # every suspension of a request would pass through that frame too.
 
-    async def get_or_404(
+    def get_or_404(
         self,
         entity: type[_T],
         ident: t.Any,
         *,
         description: str | None = None,
         **kwargs: t.Any,
-    ) -> _T:
+    ) -> Coroutine[t.Any, t.Any, _T]:
         """``await db.session.get(entity, ident, **kwargs)``, or a 404 when there
         is no such row: ``abort(404)`` under Quart, :class:`async_sa.NotFound`
         standalone. A malformed identifier (``"abc"`` for an integer key, a
@@ -258,25 +261,23 @@ class SQLAlchemy:
         :param description: the 404's description.
         :param kwargs: passed to ``session.get``, such as ``options=[...]``.
         """
-        return await _views.get_or_404(
-            self, entity, ident, description=description, **kwargs
-        )
+        return _views.get_or_404(self, entity, ident, description=description, **kwargs)
 
-    async def first_or_404(
+    def first_or_404(
         self, statement: sa.Executable, *, description: str | None = None
-    ) -> t.Any:
+    ) -> Coroutine[t.Any, t.Any, t.Any]:
         """The first result of ``statement`` (``session.scalar``), or a 404 when
         there is none."""
-        return await _views.first_or_404(self, statement, description=description)
+        return _views.first_or_404(self, statement, description=description)
 
-    async def one_or_404(
+    def one_or_404(
         self, statement: sa.Executable, *, description: str | None = None
-    ) -> t.Any:
+    ) -> Coroutine[t.Any, t.Any, t.Any]:
         """The only result of ``statement`` (``scalar_one()``), or a 404 when
         there is none or more than one."""
-        return await _views.one_or_404(self, statement, description=description)
+        return _views.one_or_404(self, statement, description=description)
 
-    async def paginate(
+    def paginate(
         self,
         select: _pagination.AnySelect,
         *,
@@ -285,7 +286,7 @@ class SQLAlchemy:
         max_per_page: int | None = None,
         error_out: bool = True,
         count: bool = True,
-    ) -> _pagination.Pagination:
+    ) -> Coroutine[t.Any, t.Any, _pagination.Pagination]:
         """Load one page of ``select`` with the current task's session.
 
         ``page`` and ``per_page`` default to the request's ``page`` and
@@ -300,7 +301,7 @@ class SQLAlchemy:
             Without it, bad values fall back to the defaults.
         :param count: count the items of all pages; ``total`` is ``None`` without.
         """
-        return await _pagination.paginate(
+        return _pagination.paginate(
             self,
             select,
             page=page,

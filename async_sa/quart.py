@@ -37,6 +37,7 @@ ends::
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import typing as t
 from collections.abc import Mapping
@@ -126,9 +127,8 @@ def init_app(db: SQLAlchemy, app: quart.Quart) -> None:
     if db._find_app_state is None:
         db._find_app_state = _app_state_finder(db)
 
-    @app.teardown_appcontext
-    async def remove_session(exc: BaseException | None) -> None:
-        await _remove_session(db)
+    # A partial rather than a wrapper: one coroutine less on every request.
+    app.teardown_appcontext(functools.partial(_remove_session, db))
 
     @app.after_serving
     async def dispose_engines() -> None:
@@ -220,7 +220,7 @@ def _app_state_finder(db: SQLAlchemy) -> t.Callable[[], State | None]:
     return find_app_state
 
 
-async def _remove_session(db: SQLAlchemy) -> None:
+async def _remove_session(db: SQLAlchemy, exc: BaseException | None) -> None:
     """Roll back and close the current task's session; log failures, never raise.
 
     A session whose close fails has its connection invalidated, so the pool
