@@ -119,12 +119,12 @@ async def profiled(
         print(f"profile written to {path}", flush=True)
 
 
-def plot_path(output: Path) -> Path:
-    """The throughput plot beside the results: ``throughput.png`` for
-    ``RESULTS.md``, else ``<name>-throughput.png``."""
+def beside(output: Path, name: str) -> Path:
+    """A file written beside the results: ``name`` for ``RESULTS.md``, else
+    ``<stem>-<name>`` (the plot, the end-to-end slices)."""
     if output.name == "RESULTS.md":
-        return output.parent / "throughput.png"
-    return output.parent / f"{output.stem}-throughput.png"
+        return output.parent / name
+    return output.parent / f"{output.stem}-{name}"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -145,7 +145,8 @@ def main(argv: list[str] | None = None) -> int:
         output = HERE / "RESULTS.md"
     if args.no_write:
         output = None
-    plot = None if output is None else plot_path(output)
+    plot = None if output is None else beside(output, "throughput.png")
+    slices = None if output is None else beside(output, "end_to_end_slices.json")
     started = time.monotonic()
     load_start = os.getloadavg()[0]
     results: list[Comparison] = []
@@ -157,7 +158,7 @@ def main(argv: list[str] | None = None) -> int:
     if "memory" in names:
         memory_results = memory.run(backends, settings)
     if "end_to_end" in names:
-        e2e = end_to_end.run(backends, settings, plot=plot)
+        e2e = end_to_end.run(backends, settings, plot=plot, slices=slices)
         results += e2e.comparisons
         sweep = e2e
         skipped += e2e.skipped

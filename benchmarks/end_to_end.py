@@ -1,18 +1,19 @@
 """End to end: the same JSON API served three ways, under load from another process.
 
-The three servers (:mod:`benchmarks.e2e_server`: async_sa's Quart extension,
-the hand-written ``before_request``/``teardown_appcontext`` app, and
-quart-sqlalchemy 3.0.4) run at once, each a hypercorn process on 127.0.0.1,
-each on the same database table and pool options. :mod:`benchmarks.loadgen`
-runs as a separate process per concurrency level, connected to all of them,
-and loads one server at a time in slices of a fixed number of requests: a
-round runs the apps in a rotated order and back, twice (A B C C B A A B C C B
-A). An app's throughput in a round is its requests over its seconds in that
-round. A shared box drifts over seconds; slices of a fraction of a second side
-by side see nearly the same machine (runs of a thousand requests each, one
-after the other, gave round ratios spread 2.5 times wider between two copies
-of the same app). The rounds run in blocks, each with freshly started servers
-(see :func:`blocks_for`).
+The three apps (:mod:`benchmarks.e2e_server`: async_sa's Quart extension, the
+hand-written ``before_request``/``teardown_appcontext`` app, and
+quart-sqlalchemy 3.0.4) are served at once, each by several hypercorn
+processes on 127.0.0.1 (see :func:`processes_for`), all on the same database
+table and pool options. :mod:`benchmarks.loadgen` runs as a separate process
+per concurrency level, connected to every server, and loads one server at a
+time in slices of a fixed number of requests, in a round that balances the
+apps' positions and neighbours (A B C, B C A, C A B, C B A, B A C, A C B, in
+an order where no app follows itself). An app's throughput in a round is its
+requests over its seconds in that round. A shared box drifts over seconds;
+slices of a fraction of a second side by side see nearly the same machine
+(runs of a thousand requests each, one after the other, gave round ratios
+spread 2.5 times wider between two copies of the same app). The rounds run in
+blocks, each with freshly started servers (see :func:`blocks_for`).
 
 Targets at 64 connections (median of the per-round ratios): async_sa ≥ 0.97 ×
 the hand-written app, and ≥ 1.0 × quart-sqlalchemy. The sweep over 8, 32, 64
@@ -44,6 +45,7 @@ from pathlib import Path
 import sqlalchemy as sa
 
 from benchmarks import _backends
+from benchmarks import loadgen
 from benchmarks._harness import Comparison
 from benchmarks._harness import Settings
 
@@ -53,10 +55,10 @@ LOADGEN = HERE / "loadgen.py"
 ROWS = 1000
 SLICE = 256
 """Requests per slice (at least; see :func:`slice_size`)."""
-REPEATS = 2
-"""Times a round runs the apps in a rotated order and back."""
-WARM_UP_SLICES = 4
-"""Unmeasured slices per app before the first concurrency level of a block."""
+SLICES_PER_APP = 6
+"""Slices per app per round, at least (the balanced order is repeated)."""
+WARM_UP_SLICES = 1
+"""Unmeasured slices per server before each concurrency level."""
 CONCURRENCY = (8, 32, 64, 128)
 MAIN_CONCURRENCY = 64
 BY_HAND_TARGET = 0.97
@@ -71,15 +73,18 @@ APP_LABELS = {
 
 @dataclasses.dataclass
 class Sweep:
-    """Throughputs (req/s) by backend, app and concurrency, one per round."""
+    """Throughputs (req/s) by backend, app and concurrency, one per round; and
+    every slice as run (``slices``, by backend: see :func:`load_rounds`)."""
 
     throughput: dict[str, dict[str, dict[int, list[float]]]] = dataclasses.field(
         default_factory=dict
     )
+    slices: dict[str, list[dict[str, t.Any]]] = dataclasses.field(default_factory=dict)
     comparisons: list[Comparison] = dataclasses.field(default_factory=list)
     skipped: list[str] = dataclasses.field(default_factory=list)
     versions: dict[str, str] = dataclasses.field(default_factory=dict)
     plot: Path | None = None
+    slices_file: Path | None = None
 
 
 def pool_options(backend: _backends.Backend) -> dict[str, t.Any]:
@@ -142,24 +147,31 @@ def free_port() -> int:
 @dataclasses.dataclass
 class Server:
     app: str
+    process_number: int
     port: int
     process: subprocess.Popen[bytes]
     log: Path
 
+    @property
+    def name(self) -> str:
+        return f"{self.app} #{self.process_number}"
+
 
 @contextlib.contextmanager
 def servers(
-    apps: dict[str, str], backend: _backends.Backend, log_dir: Path
-) -> Iterator[dict[str, Server]]:
-    """Start one hypercorn process per app (``app`` → interpreter), wait until
-    each accepts connections; stop them all afterwards."""
+    apps: list[tuple[str, str]], backend: _backends.Backend, log_dir: Path
+) -> Iterator[list[Server]]:
+    """Start one hypercorn process per ``(app, interpreter)``, in that order
+    (an app may come several times), wait until each accepts connections;
+    stop them all afterwards."""
     options = json.dumps(backend.engine_options(**pool_options(backend)))
-    started: dict[str, Server] = {}
+    started: list[Server] = []
     env = {**os.environ, "PYTHONPATH": str(HERE.parent)}
     try:
-        for app, python in apps.items():
+        for app, python in apps:
             port = free_port()
-            log = log_dir / f"{app}.log"
+            number = 1 + sum(server.app == app for server in started)
+            log = log_dir / f"{app}-{number}.log"
             with open(log, "wb") as output:
                 process = subprocess.Popen(
                     [
@@ -178,14 +190,14 @@ def servers(
                     stderr=subprocess.STDOUT,
                     env=env if app == "async_sa" else None,
                 )
-            started[app] = Server(app, port, process, log)
-        for server in started.values():
+            started.append(Server(app, number, port, process, log))
+        for server in started:
             wait_until_listening(server)
         yield started
     finally:
-        for server in started.values():
+        for server in started:
             server.process.terminate()
-        for server in started.values():
+        for server in started:
             try:
                 server.process.wait(timeout=15)
             except subprocess.TimeoutExpired:
@@ -198,13 +210,13 @@ def wait_until_listening(server: Server, timeout: float = 30.0) -> None:
     while time.monotonic() < deadline:
         if server.process.poll() is not None:
             raise RuntimeError(
-                f"the {server.app} server exited:\n{server.log.read_text()[-3000:]}"
+                f"the {server.name} server exited:\n{server.log.read_text()[-3000:]}"
             )
         with contextlib.suppress(OSError):
             socket.create_connection(("127.0.0.1", server.port), timeout=1).close()
             return
         time.sleep(0.1)
-    raise RuntimeError(f"the {server.app} server did not listen within {timeout} s")
+    raise RuntimeError(f"the {server.name} server did not listen within {timeout} s")
 
 
 def slice_size(concurrency: int) -> int:
@@ -213,18 +225,33 @@ def slice_size(concurrency: int) -> int:
     return max(SLICE, 4 * concurrency)
 
 
+def repeats_for(apps: int) -> int:
+    """Times a round runs the balanced order, for ``SLICES_PER_APP`` per app."""
+    per_app = len(loadgen.williams_order(apps)) // apps
+    return -(-SLICES_PER_APP // per_app)
+
+
+@dataclasses.dataclass
+class Load:
+    """What one load-generator run measured: each app's throughput (req/s) per
+    round, and every round's slices as ``[server name, seconds]``."""
+
+    throughput: dict[str, list[float]]
+    rounds: list[list[tuple[str, float]]]
+
+
 def load_rounds(
-    running: dict[str, Server], concurrency: int, rounds: int, *, warm_up: int
-) -> dict[str, list[float]]:
+    running: list[Server], concurrency: int, rounds: int, *, warm_up: int
+) -> Load:
     """Load every server from one load-generator process, in slices (see
-    :mod:`benchmarks.loadgen`); each app's throughput (req/s) per round."""
-    by_port = {str(server.port): app for app, server in running.items()}
+    :mod:`benchmarks.loadgen`)."""
+    by_port = {server.port: server for server in running}
+    apps = list(dict.fromkeys(server.app for server in running))
     completed = subprocess.run(
         [
             sys.executable,
             str(LOADGEN),
-            "--ports",
-            ",".join(by_port),
+            *(f"--server={server.app}={server.port}" for server in running),
             "--connections",
             str(concurrency),
             "--slice",
@@ -232,7 +259,7 @@ def load_rounds(
             "--rounds",
             str(rounds),
             "--repeats",
-            str(REPEATS),
+            str(repeats_for(len(apps))),
             "--rows",
             str(ROWS),
             "--warm-up",
@@ -244,8 +271,8 @@ def load_rounds(
         check=False,
     )
     logs = "\n".join(
-        f"{server.app} server log:\n{server.log.read_text()[-2000:]}"
-        for server in running.values()
+        f"{server.name} server log:\n{server.log.read_text()[-2000:]}"
+        for server in running
     )
     if completed.returncode != 0:
         raise RuntimeError(
@@ -255,12 +282,21 @@ def load_rounds(
     for port, statuses in result["statuses"].items():
         bad = {code: n for code, n in statuses.items() if code not in ("200", "201")}
         if bad:
-            raise RuntimeError(f"{by_port[port]} answered {bad} under load\n{logs}")
-    per_round: int = result["requests_per_round"]
-    return {
-        by_port[port]: [per_round / spent for spent in seconds]
-        for port, seconds in result["seconds"].items()
-    }
+            name = by_port[int(port)].name
+            raise RuntimeError(f"{name} answered {bad} under load\n{logs}")
+    load = Load({app: [] for app in apps}, [])
+    for slices in result["rounds"]:
+        spent = dict.fromkeys(apps, 0.0)
+        requests = dict.fromkeys(apps, 0)
+        for app, _, seconds in slices:
+            spent[app] += seconds
+            requests[app] += result["slice"]
+        for app in apps:
+            load.throughput[app].append(requests[app] / spent[app])
+        load.rounds.append(
+            [(by_port[port].name, seconds) for _, port, seconds in slices]
+        )
+    return load
 
 
 async def seed(backend: _backends.Backend) -> None:
@@ -286,23 +322,45 @@ async def seed(backend: _backends.Backend) -> None:
 
 def blocks_for(settings: Settings) -> int:
     """Blocks of rounds, each with freshly started servers and a freshly seeded
-    table. Two processes of the same app, started side by side, kept a speed
-    gap of up to 7 % through a run (pinning them to CPUs or fixing the hash
-    seed did not remove it), so each app is measured in several processes,
-    started and loaded in a rotated order."""
+    table, started in a rotated order (see :func:`processes_for`)."""
     return 2 if settings.quick else 6
 
 
+def processes_for(settings: Settings) -> int:
+    """Server processes per app in a block. Two processes of the same app,
+    started side by side, kept a speed gap of up to 7 % through a run (pinning
+    them to CPUs or fixing the hash seed did not remove it), so each app is
+    measured in several processes at once, and anew in every block."""
+    return 1 if settings.quick else 3
+
+
 def rounds_for(concurrency: int, settings: Settings) -> int:
-    """Rounds per block: many at the concurrency the targets are for, one
+    """Rounds per block: several at the concurrency the targets are for, one
     elsewhere (the plot)."""
     if concurrency == MAIN_CONCURRENCY:
-        return 2 if settings.quick else 8
+        return 2 if settings.quick else 5
     return 1
 
 
-def run(backends: list[str], settings: Settings, *, plot: Path | None) -> Sweep:
-    """Every end-to-end measurement; the sweep is drawn to ``plot`` if given."""
+def levels_for(block: int, settings: Settings) -> list[int]:
+    """The concurrency levels a block runs: the one the targets are for in
+    every block, the others (for the plot) in turn, one per block, or all of
+    them in a quick run."""
+    others = [level for level in CONCURRENCY if level != MAIN_CONCURRENCY]
+    if settings.quick:
+        return list(CONCURRENCY)
+    return sorted([MAIN_CONCURRENCY, others[block % len(others)]])
+
+
+def run(
+    backends: list[str],
+    settings: Settings,
+    *,
+    plot: Path | None,
+    slices: Path | None = None,
+) -> Sweep:
+    """Every end-to-end measurement; the sweep is drawn to ``plot`` and every
+    slice written to ``slices`` (JSON) if given."""
     sweep = Sweep()
     apps = {"async_sa": sys.executable, "by_hand": sys.executable}
     qsa_python, why = quart_sqlalchemy_python()
@@ -312,13 +370,14 @@ def run(backends: list[str], settings: Settings, *, plot: Path | None) -> Sweep:
     else:
         apps["quart_sqlalchemy"] = qsa_python
         sweep.versions["quart_sqlalchemy"] = package_versions(qsa_python)
+    per_round = slices_per_app(len(apps))
     for name in backends:
-        print(f"-- end to end on {_backends.LABELS[name]}", flush=True)
-        by_app: dict[str, dict[int, list[float]]] = {app: {} for app in apps}
-        sweep.throughput[_backends.LABELS[name]] = by_app
-
-        asyncio.run(measure(name, apps, by_app, settings))
         label = _backends.LABELS[name]
+        print(f"-- end to end on {label}", flush=True)
+        by_app: dict[str, dict[int, list[float]]] = {app: {} for app in apps}
+        sweep.throughput[label] = by_app
+        sweep.slices[label] = []
+        asyncio.run(measure(name, apps, sweep, settings))
         main = {app: by_app[app][MAIN_CONCURRENCY] for app in apps}
         for other, target in (
             ("by_hand", BY_HAND_TARGET),
@@ -335,7 +394,7 @@ def run(backends: list[str], settings: Settings, *, plot: Path | None) -> Sweep:
                 main["async_sa"],
                 main[other],
                 unit="req/s",
-                batch=f"{2 * REPEATS} × {slice_size(MAIN_CONCURRENCY)} requests",
+                batch=f"{per_round} × {slice_size(MAIN_CONCURRENCY)} requests",
                 higher_is_better=True,
             )
             print(comparison.line(), flush=True)
@@ -343,14 +402,30 @@ def run(backends: list[str], settings: Settings, *, plot: Path | None) -> Sweep:
     if plot is not None:
         draw(sweep, plot)
         sweep.plot = plot
+    if slices is not None:
+        slices.write_text(json.dumps(sweep.slices, indent=1) + "\n")
+        sweep.slices_file = slices
     return sweep
 
 
+def slices_per_app(apps: int) -> int:
+    """Slices each app gets in a round."""
+    return repeats_for(apps) * len(loadgen.williams_order(apps)) // apps
+
+
+def start_order(
+    apps: dict[str, str], block: int, processes: int
+) -> list[tuple[str, str]]:
+    """The servers of a block, ``(app, interpreter)``, in the order they start:
+    the apps in turn, rotated by one more every block."""
+    names = list(apps)
+    shift = block % len(names)
+    rotated = names[shift:] + names[:shift]
+    return [(app, apps[app]) for _ in range(processes) for app in rotated]
+
+
 async def measure(
-    name: str,
-    apps: dict[str, str],
-    by_app: dict[str, dict[int, list[float]]],
-    settings: Settings,
+    name: str, apps: dict[str, str], sweep: Sweep, settings: Settings
 ) -> None:
     """On a fresh database on ``name``, block after block: seed the table,
     start the servers, run the sweep."""
@@ -359,32 +434,38 @@ async def measure(
             for block in range(blocks_for(settings)):
                 print(f"   block {block + 1}:", flush=True)
                 await seed(backend)
-                names = list(apps)
-                shift = block % len(names)
-                rotated = {app: apps[app] for app in names[shift:] + names[:shift]}
-                with servers(rotated, backend, Path(logs)) as running:
-                    await asyncio.to_thread(sweep_backend, running, by_app, settings)
+                order = start_order(apps, block, processes_for(settings))
+                with servers(order, backend, Path(logs)) as running:
+                    await asyncio.to_thread(
+                        sweep_block, running, block, sweep, backend.label, settings
+                    )
 
 
-def sweep_backend(
-    running: dict[str, Server],
-    by_app: dict[str, dict[int, list[float]]],
+def sweep_block(
+    running: list[Server],
+    block: int,
+    sweep: Sweep,
+    label: str,
     settings: Settings,
 ) -> None:
-    """For each concurrency, round after round of slices (A B C C B A, twice),
-    added to ``by_app``; the servers are warmed up first."""
-    for index, concurrency in enumerate(CONCURRENCY):
-        throughput = load_rounds(
+    """For each concurrency, round after round of slices, added to ``sweep``
+    under ``label``; the servers are warmed up first."""
+    for concurrency in levels_for(block, settings):
+        load = load_rounds(
             running,
             concurrency,
             rounds_for(concurrency, settings),
-            warm_up=WARM_UP_SLICES if index == 0 else 1,
+            warm_up=WARM_UP_SLICES,
         )
-        for app, per_round in throughput.items():
-            by_app[app].setdefault(concurrency, []).extend(per_round)
+        for app, per_round in load.throughput.items():
+            sweep.throughput[label][app].setdefault(concurrency, []).extend(per_round)
+        sweep.slices[label] += [
+            {"block": block + 1, "connections": concurrency, "slices": slices}
+            for slices in load.rounds
+        ]
         medians = ", ".join(
             f"{app} {statistics.median(per_round):.0f}"
-            for app, per_round in throughput.items()
+            for app, per_round in load.throughput.items()
         )
         print(f"     {concurrency:>3} connections: {medians} req/s", flush=True)
 

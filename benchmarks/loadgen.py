@@ -1,18 +1,24 @@
 """A small HTTP/1.1 load generator, run in a process of its own.
 
-``python benchmarks/loadgen.py --ports P1,P2 --connections 64 --slice 256
---rounds 30 --repeats 2`` opens the connections (keep-alive) to every server on
-127.0.0.1 at the start, then runs **slices**: a fixed number of requests sent to
-one server over its connections as fast as answers come, the next slice going
-to the next server. A round runs the servers in a rotated order and back
-(A B C C B A), ``--repeats`` times; every server gets the same requests in the
-same order. Short slices side by side see nearly the same machine, so the
-load of a shared box, which drifts over seconds, weighs on every server alike.
+``python benchmarks/loadgen.py --server a=8001 --server a=8002 --server b=8003
+--connections 64 --slice 256 --rounds 5`` opens the connections (keep-alive) to
+every server on 127.0.0.1 at the start, then runs **slices**: a fixed number of
+requests sent to one server over its connections as fast as answers come, the
+next slice going to another app. An app may have several servers (processes);
+its slices go to them in turn.
+
+A round orders the apps by a Williams design (for three apps: A B C, B C A,
+C A B, C B A, B A C, A C B, in an order that never puts an app right after
+itself): every app runs in every position of a row equally often and follows
+every other app equally often, so neither a warm neighbour nor the time within
+a round favours one. Every app gets the same requests in the same order. Short
+slices side by side see nearly the same machine, so the load of a shared box,
+which drifts over seconds, weighs on every app alike.
 
 Requests: 60 % ``GET /items/<id>``, 20 % ``POST /items``, 20 % ``GET
 /items?page=N``, in an order fixed by the round. It prints one JSON object:
-the requests per round per server, each server's seconds per round, and the
-status counts.
+the requests per slice, every round's slices as ``[app, port, seconds]`` in
+the order run, and the status counts per port.
 
 Plain asyncio streams, no HTTP library: on a 2-core machine the client must
 cost far less than the servers it measures. Stdlib only, so it runs by path.
@@ -23,6 +29,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import collections
+import itertools
 import json
 import random
 import time
@@ -96,8 +103,32 @@ class Slices:
         return time.perf_counter() - started
 
 
+def williams_order(count: int) -> list[int]:
+    """One round's order of ``count`` apps (by index): the rows of a Williams
+    design, arranged so that no app follows itself where that can be avoided
+    (across rounds too, as the order repeats)."""
+    first = [0]
+    low, high = 1, count - 1
+    while len(first) < count:
+        first.append(low)
+        low += 1
+        if len(first) < count:
+            first.append(high)
+            high -= 1
+    rows = [[(app + shift) % count for app in first] for shift in range(count)]
+    if count % 2 and count > 1:
+        rows += [row[::-1] for row in rows]
+
+    def repeats_of_an_app(arrangement: tuple[list[int], ...]) -> int:
+        order = [app for row in arrangement for app in row]
+        return sum(order[i] == order[i - 1] for i in range(len(order)))
+
+    best = min(itertools.permutations(rows), key=repeats_of_an_app)
+    return [app for row in best for app in row]
+
+
 async def run(
-    ports: list[int],
+    servers: dict[str, list[int]],
     *,
     connections: int,
     slice_size: int,
@@ -106,6 +137,8 @@ async def run(
     rows: int,
     warm_up: int,
 ) -> dict[str, object]:
+    """Load ``servers`` (app → ports) round after round; see the module doc."""
+    ports = [port for app_ports in servers.values() for port in app_ports]
     streams: dict[int, Streams] = {port: [] for port in ports}
     for _ in range(connections):
         for port in ports:
@@ -115,26 +148,29 @@ async def run(
     for _ in range(warm_up):
         for port in ports:
             await slices.run(port, warm)
-    per_round = 2 * repeats * slice_size
-    seconds: dict[int, list[float]] = {port: [] for port in ports}
+    apps = list(servers)
+    order = [apps[index] for index in williams_order(len(apps))] * repeats
+    per_app = order.count(apps[0])
+    turns = {app: itertools.cycle(app_ports) for app, app_ports in servers.items()}
+    measured = []
     for round_ in range(rounds):
-        requests = build_requests(per_round, rows, seed=round_)
-        chunks = [requests[i : i + slice_size] for i in range(0, per_round, slice_size)]
-        shift = round_ % len(ports)
-        order = ports[shift:] + ports[:shift]
-        spent = dict.fromkeys(ports, 0.0)
-        done = dict.fromkeys(ports, 0)
-        for port in (order + order[::-1]) * repeats:
-            spent[port] += await slices.run(port, chunks[done[port]])
-            done[port] += 1
-        for port in ports:
-            seconds[port].append(spent[port])
+        requests = build_requests(per_app * slice_size, rows, seed=round_)
+        chunks = [
+            requests[i : i + slice_size] for i in range(0, len(requests), slice_size)
+        ]
+        done = dict.fromkeys(apps, 0)
+        ran = []
+        for app in order:
+            port = next(turns[app])
+            ran.append([app, port, await slices.run(port, chunks[done[app]])])
+            done[app] += 1
+        measured.append(ran)
     for port_streams in streams.values():
         for _, writer in port_streams:
             writer.close()
     return {
-        "requests_per_round": per_round,
-        "seconds": {str(port): spent for port, spent in seconds.items()},
+        "slice": slice_size,
+        "rounds": measured,
         "statuses": {
             str(port): {str(code): n for code, n in sorted(counts.items())}
             for port, counts in slices.statuses.items()
@@ -142,16 +178,29 @@ async def run(
     }
 
 
+def parse_servers(specs: list[str]) -> dict[str, list[int]]:
+    """``["a=8001", "b=8002", "a=8003"]`` → ``{"a": [8001, 8003], "b": [8002]}``."""
+    servers: dict[str, list[int]] = {}
+    for spec in specs:
+        app, _, port = spec.partition("=")
+        servers.setdefault(app, []).append(int(port))
+    return servers
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
-        "--ports", required=True, help="the servers' ports, comma-separated"
+        "--server",
+        action="append",
+        required=True,
+        metavar="APP=PORT",
+        help="a server of APP on 127.0.0.1:PORT (repeatable, several per app)",
     )
     parser.add_argument("--connections", type=int, default=64, help="per server")
     parser.add_argument("--slice", type=int, default=256, help="requests per slice")
     parser.add_argument("--rounds", type=int, default=10)
     parser.add_argument(
-        "--repeats", type=int, default=2, help="rotated order and back, per round"
+        "--repeats", type=int, default=1, help="times a round runs its order"
     )
     parser.add_argument("--rows", type=int, default=1000, help="ids to GET: 1..rows")
     parser.add_argument(
@@ -160,7 +209,7 @@ def main() -> None:
     args = parser.parse_args()
     result = asyncio.run(
         run(
-            [int(port) for port in args.ports.split(",")],
+            parse_servers(args.server),
             connections=args.connections,
             slice_size=args.slice,
             rounds=args.rounds,

@@ -17,8 +17,10 @@ from benchmarks._harness import Settings
 from benchmarks.end_to_end import APP_LABELS
 from benchmarks.end_to_end import blocks_for
 from benchmarks.end_to_end import CONCURRENCY
-from benchmarks.end_to_end import REPEATS
+from benchmarks.end_to_end import MAIN_CONCURRENCY
+from benchmarks.end_to_end import processes_for
 from benchmarks.end_to_end import SLICE
+from benchmarks.end_to_end import SLICES_PER_APP
 from benchmarks.end_to_end import Sweep
 
 PACKAGES = ("sqlalchemy", "aiosqlite", "asyncpg", "quart", "hypercorn", "blinker")
@@ -100,11 +102,14 @@ def render(
         "median of A/B over its adjacent pairs of operations; the table shows "
         "the median and the min–max of the round ratios. End to end: one "
         "load-generator process loads the servers in turn, in slices of "
-        f"{SLICE} requests, {2 * REPEATS} slices per app per round in a rotated "
-        "order and back (A B C C B A …); the ratio is async_sa's throughput over "
-        "the other app's in the same round. The rounds run in "
-        f"{blocks_for(settings)} blocks, each with freshly started servers and "
-        "a freshly seeded table. "
+        f"{SLICE} requests, {SLICES_PER_APP} slices per app per round in a "
+        "balanced order (A B C, B C A, C A B, C B A, B A C, A C B: every app in "
+        "every position and after every other app equally often, never after "
+        "itself); the ratio is async_sa's throughput over the other app's in "
+        f"the same round. Each app runs in {processes_for(settings)} server "
+        "process(es) at once, its slices going to them in turn, and the rounds "
+        f"run in {blocks_for(settings)} blocks, each with freshly started "
+        "servers and a freshly seeded table. "
         "Absolute times (median per round) are for context only.",
         "",
     ]
@@ -172,14 +177,22 @@ def render(
             "## End to end: throughput vs concurrency",
             "",
             "The same JSON API (GET one row, POST one row, paginated list of 20) "
-            "in three Quart apps, each served by its own hypercorn process on "
-            "127.0.0.1 and loaded by a separate load-generator process "
+            "in three Quart apps, each served by "
+            f"{processes_for(settings)} hypercorn process(es) on 127.0.0.1 and "
+            "loaded by a separate load-generator process "
             "(`benchmarks/loadgen.py`, one process per concurrency level; 60 % "
             "GET one, 20 % POST, 20 % list). It loads one server at a time in "
-            f"slices of {SLICE} requests (or 4 per connection, if more); a round "
-            f"runs the apps in a rotated order and back, {REPEATS} times, in "
-            f"{blocks_for(settings)} blocks of freshly started servers. Median "
-            "requests per second over the rounds.",
+            f"slices of {SLICE} requests (or 4 per connection, if more), "
+            f"{SLICES_PER_APP} per app per round in the balanced order, in "
+            f"{blocks_for(settings)} blocks of freshly started servers; "
+            f"{MAIN_CONCURRENCY} connections in every block, the other levels in "
+            "turn, one per block. Median requests per second over the rounds."
+            + (
+                " Every slice's seconds, by server process: "
+                f"`{sweep.slices_file.name}`."
+                if sweep.slices_file is not None
+                else ""
+            ),
             "",
             *(
                 [f"![throughput vs concurrency]({sweep.plot.name})", ""]
