@@ -5,7 +5,7 @@
 every server on 127.0.0.1 at the start, then runs **slices**: a fixed number of
 requests sent to one server over its connections as fast as answers come, the
 next slice going to another app. An app may have several servers (processes);
-its slices go to them in turn.
+its slices go to them in turn, starting one further every round.
 
 A round orders the apps by a Williams design (for three apps: A B C, B C A,
 C A B, C B A, B A C, A C B, in an order that never puts an app right after
@@ -151,7 +151,6 @@ async def run(
     apps = list(servers)
     order = [apps[index] for index in williams_order(len(apps))] * repeats
     per_app = order.count(apps[0])
-    turns = {app: itertools.cycle(app_ports) for app, app_ports in servers.items()}
     measured = []
     for round_ in range(rounds):
         requests = build_requests(per_app * slice_size, rows, seed=round_)
@@ -161,7 +160,10 @@ async def run(
         done = dict.fromkeys(apps, 0)
         ran = []
         for app in order:
-            port = next(turns[app])
+            # The app's servers in turn, starting one further every round, so
+            # that no server always gets the same places in the order.
+            app_ports = servers[app]
+            port = app_ports[(done[app] + round_) % len(app_ports)]
             ran.append([app, port, await slices.run(port, chunks[done[app]])])
             done[app] += 1
         measured.append(ran)
