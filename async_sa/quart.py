@@ -224,7 +224,9 @@ async def _remove_session(db: SQLAlchemy, exc: BaseException | None) -> None:
     """Roll back and close the current task's session; log failures, never raise.
 
     A session whose close fails has its connection invalidated, so the pool
-    gets it back (and discards it) either way.
+    gets it back (and discards it) either way. ``exc``, what ended the app
+    context (Quart's teardown argument), changes nothing: uncommitted work is
+    rolled back whether or not the request failed.
     """
     session = db.session.registry.pop(current_task())
     if session is None:
