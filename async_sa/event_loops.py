@@ -8,12 +8,19 @@ second ``asyncio.run``, a fresh loop per test. So:
   other loop discards it and opens a new one instead;
 - when a loop shuts down through :func:`asyncio.run` or :class:`asyncio.Runner`
   (which finalize async generators before closing the loop), the engines it used
-  are disposed while the loop can still close their connections cleanly.
+  are disposed while the loop can still close their connections cleanly;
+- an aiosqlite connection stops its worker thread only once. SQLAlchemy stops it
+  when its graceful close is cancelled; the close, still running, then stops it
+  again behind the thread's exit and waits forever, so ``asyncio.run`` hangs
+  cancelling its tasks. A later stop gets the first stop's future instead. And
+  a loop's shutdown waits (up to :data:`STOPPED_WORKER_WAIT` seconds) for the
+  threads stopped in it, which would otherwise hand a result to a closed loop.
 """
 
 from __future__ import annotations
 
 import asyncio
+import threading
 import typing as t
 import weakref
 from collections.abc import AsyncGenerator
@@ -24,16 +31,19 @@ from sqlalchemy.pool import ConnectionPoolEntry
 from sqlalchemy.pool import PoolProxiedConnection
 
 _LOOP = "async_sa.loop"
+STOPPED_WORKER_WAIT = 5.0
 _engines_by_loop: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _LoopEngines] = (
     weakref.WeakKeyDictionary()
 )
 
 
 class _LoopEngines:
-    """The engines that opened connections in one loop, disposed when it ends."""
+    """The engines that opened connections in one loop, disposed when it ends,
+    and the aiosqlite worker threads stopped in it, waited for then."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.engines: dict[int, sa_async.AsyncEngine] = {}
+        self.stopped_workers: weakref.WeakSet[threading.Thread] = weakref.WeakSet()
         self._finalizer = self._dispose_at_shutdown()
         self._started = loop.create_task(self._start())
 
@@ -48,18 +58,56 @@ class _LoopEngines:
         finally:
             for engine in self.engines.values():
                 await engine.dispose()
+            await self._join_stopped_workers()
+
+    async def _join_stopped_workers(self) -> None:
+        deadline = asyncio.get_running_loop().time() + STOPPED_WORKER_WAIT
+        while any(thread.is_alive() for thread in self.stopped_workers):
+            if asyncio.get_running_loop().time() > deadline:
+                return
+            await asyncio.sleep(0.001)
+
+
+def _engines_of(loop: asyncio.AbstractEventLoop) -> _LoopEngines:
+    engines = _engines_by_loop.get(loop)
+    if engines is None:
+        engines = _engines_by_loop[loop] = _LoopEngines(loop)
+    return engines
+
+
+def _stop_once(driver_connection: t.Any) -> None:
+    """Make an aiosqlite connection's ``stop()`` queue its thread's stop once.
+
+    Later calls return the first call's future. The first call also records the
+    thread with the running loop, whose shutdown waits for it. The replacement
+    refers to the connection only until then (a cycle the first stop breaks).
+    """
+    stop = driver_connection.stop
+
+    def stop_once() -> asyncio.Future[t.Any] | None:
+        stopped: asyncio.Future[t.Any] | None = stop()
+        driver_connection.stop = lambda: stopped
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return stopped
+        _engines_of(loop).stopped_workers.add(driver_connection._thread)
+        return stopped
+
+    driver_connection.stop = stop_once
 
 
 def keep_connections_in_their_loop(engine: sa_async.AsyncEngine) -> None:
     """Install the pool hooks that tie ``engine``'s connections to their loop."""
 
-    def on_connect(_dbapi: t.Any, record: ConnectionPoolEntry) -> None:
+    stops_aiosqlite = engine.dialect.driver == "aiosqlite"
+
+    def on_connect(dbapi_connection: t.Any, record: ConnectionPoolEntry) -> None:
         loop = asyncio.get_running_loop()
         record.info[_LOOP] = loop
-        engines = _engines_by_loop.get(loop)
-        if engines is None:
-            engines = _engines_by_loop[loop] = _LoopEngines(loop)
-        engines.engines.setdefault(id(engine), engine)
+        _engines_of(loop).engines.setdefault(id(engine), engine)
+        if stops_aiosqlite and hasattr(dbapi_connection.driver_connection, "stop"):
+            _stop_once(dbapi_connection.driver_connection)
 
     def on_checkout(
         _dbapi: t.Any, record: ConnectionPoolEntry, _proxy: PoolProxiedConnection

@@ -282,3 +282,102 @@ async def test_dispose_closes_pooled_connections_of_every_engine(
     assert all(e.pool.checkedin() == 0 for e in db.engines.values())  # type: ignore[attr-defined]
     async with db.engine.connect() as connection:
         assert await connection.scalar(sa.text("SELECT 1")) == 1
+
+
+class SqliteGate:
+    """A SQL function, ``gate()``, that holds the aiosqlite worker thread running
+    it until released: a statement that is still running exactly when a test
+    wants it to be."""
+
+    def __init__(self, db: SQLAlchemy) -> None:
+        self.entered = threading.Event()
+        self.released = threading.Event()
+        self.workers_before = set(threading.enumerate())
+        sa.event.listen(db.engine.sync_engine, "connect", self._add_to)
+
+    def _gate(self) -> int:
+        self.entered.set()
+        self.released.wait(10)
+        return 1
+
+    def _add_to(self, dbapi_connection: t.Any, _record: t.Any) -> None:
+        dbapi_connection.run_async(
+            lambda driver: driver.create_function("gate", 0, self._gate)
+        )
+
+    async def wait_entered(self) -> None:
+        assert await asyncio.to_thread(self.entered.wait, 10)
+
+    def release_later(self, seconds: float) -> None:
+        threading.Timer(seconds, self.released.set).start()
+
+    def join_workers(self) -> None:
+        for thread in set(threading.enumerate()) - self.workers_before:
+            thread.join(10)
+
+
+def run_in_own_loop(main: t.Coroutine[t.Any, t.Any, None]) -> None:
+    """``asyncio.run(main)`` in a daemon thread, failing instead of hanging."""
+    runner = threading.Thread(target=asyncio.run, args=(main,), daemon=True)
+    runner.start()
+    runner.join(20)
+    assert not runner.is_alive(), "asyncio.run did not return within 20 s"
+
+
+@pytest.fixture
+def thread_errors(monkeypatch: pytest.MonkeyPatch) -> list[BaseException | None]:
+    """Exceptions that end any thread during the test."""
+    errors: list[BaseException | None] = []
+    monkeypatch.setattr(
+        threading, "excepthook", lambda args: errors.append(args.exc_value)
+    )
+    return errors
+
+
+def test_sqlite_statement_cancelled_twice_lets_its_loop_end(
+    tmp_path: t.Any, thread_errors: list[BaseException | None]
+) -> None:
+    """A task cancelled during a SQLite statement, then again while SQLAlchemy
+    closes the connection behind that statement (so it stops the driver, and the
+    close stops it a second time): asyncio.run still returns, and the worker
+    thread is done before the loop closes."""
+    db = SQLAlchemy(url=f"sqlite:///{tmp_path / 'gate.db'}")
+    gate = SqliteGate(db)
+
+    async def cancel_twice() -> None:
+        task = asyncio.create_task(db.session.execute(sa.text("SELECT gate()")))
+        await gate.wait_entered()
+        task.cancel()
+        await asyncio.sleep(0.05)
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        gate.release_later(0.2)
+
+    run_in_own_loop(cancel_twice())
+    gate.join_workers()
+    assert thread_errors == []
+
+
+def test_loop_waits_for_a_sqlite_worker_stopped_by_the_garbage_collector(
+    tmp_path: t.Any, thread_errors: list[BaseException | None]
+) -> None:
+    """A checked-out connection garbage-collected mid-statement is stopped with
+    nothing awaiting the stop: the loop's shutdown waits for the worker thread,
+    which would otherwise hand its result to a closed loop."""
+    db = SQLAlchemy(url=f"sqlite:///{tmp_path / 'gate.db'}")
+    gate = SqliteGate(db)
+
+    async def forget_mid_statement() -> None:
+        connection = await db.engine.connect()
+        driver = (await connection.get_raw_connection()).driver_connection
+        assert driver is not None
+        asyncio.ensure_future(driver.execute("SELECT gate()"))
+        await gate.wait_entered()
+        with pytest.warns(sa.exc.SAWarning, match="garbage collector"):
+            del connection, driver
+            gc.collect()
+        gate.release_later(0.2)
+
+    run_in_own_loop(forget_mid_statement())
+    gate.join_workers()
+    assert thread_errors == []
