@@ -224,9 +224,12 @@ class SQLAlchemy:
     async def dispose(self) -> None:
         """Dispose every engine this object created, standalone and per app.
 
-        Sessions of finished tasks still closing in the background are waited
-        for first. Pooled connections are closed; the engines stay usable.
+        The calling task's session is closed first, and sessions of finished
+        tasks still closing in the background are waited for: a connection a
+        session still held would go back to a disposed pool, where nothing
+        closes it. Pooled connections are closed; the engines stay usable.
         """
+        await self.session.remove()
         await self.session.registry.wait_closed()
         states = [*self._app_states.values()]
         if self._standalone is not None:

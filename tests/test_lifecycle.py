@@ -284,6 +284,23 @@ async def test_dispose_closes_pooled_connections_of_every_engine(
         assert await connection.scalar(sa.text("SELECT 1")) == 1
 
 
+async def test_dispose_closes_the_connection_of_the_callers_session(
+    make_db: MakeDb,
+) -> None:
+    """``finally: await db.dispose()`` in a task whose session still holds a
+    connection: the session is closed first, so its connection is closed rather
+    than returned to the disposed pool, where nothing would ever close it."""
+    db = make_db()
+    opened: list[object] = []
+    closed: list[object] = []
+    sa.event.listen(db.engine.sync_engine, "connect", lambda c, _r: opened.append(c))
+    sa.event.listen(db.engine.sync_engine, "close", lambda c, _r: closed.append(c))
+    assert await db.session.scalar(sa.text("SELECT 1")) == 1
+    await db.dispose()
+    assert opened and closed == opened
+    assert not db.session.registry.has()
+
+
 class SqliteGate:
     """A SQL function, ``gate()``, that holds the aiosqlite worker thread running
     it until released: a statement that is still running exactly when a test
@@ -375,7 +392,6 @@ def test_loop_waits_for_a_sqlite_worker_stopped_by_the_garbage_collector(
         await gate.wait_entered()
         with pytest.warns(sa.exc.SAWarning, match="garbage collector"):
             del connection, driver
-            gc.collect()
         gate.release_later(0.2)
 
     run_in_own_loop(forget_mid_statement())
