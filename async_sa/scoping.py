@@ -47,11 +47,13 @@ class TaskRegistry(ScopedRegistry[_AS]):
         self._closing: set[asyncio.Task[None]] = set()
 
     def __call__(self) -> _AS:
-        task = current_task()
-        session: _AS | None = self.registry.get(task)
-        if session is None:
-            session = self.createfunc()
-            self._register(task, session)
+        try:
+            session: _AS = self.registry[asyncio.current_task()]
+            return session
+        except (KeyError, RuntimeError):
+            task = current_task()
+        session = self.createfunc()
+        self._register(task, session)
         return session
 
     def has(self) -> bool:
