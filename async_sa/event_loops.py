@@ -61,9 +61,10 @@ class _LoopEngines:
             await self._join_stopped_workers()
 
     async def _join_stopped_workers(self) -> None:
-        deadline = asyncio.get_running_loop().time() + STOPPED_WORKER_WAIT
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + STOPPED_WORKER_WAIT
         while any(thread.is_alive() for thread in self.stopped_workers):
-            if asyncio.get_running_loop().time() > deadline:
+            if loop.time() > deadline:
                 return
             await asyncio.sleep(0.001)
 
