@@ -5,7 +5,8 @@ worker thread must be stopped from a live loop). A ``db`` object outlives loops:
 second ``asyncio.run``, a fresh loop per test. So:
 
 - every connection remembers the loop that opened it, and a checkout from any
-  other loop discards it and opens a new one instead;
+  other loop discards it and opens a new one instead (one from a loop closed
+  without cleanup is dropped without trying to close it through that loop);
 - when a loop shuts down through :func:`asyncio.run` or :class:`asyncio.Runner`
   (which finalize async generators before closing the loop), the engines it used
   are disposed while the loop can still close their connections cleanly;
@@ -113,7 +114,14 @@ def keep_connections_in_their_loop(engine: sa_async.AsyncEngine) -> None:
     def on_checkout(
         _dbapi: t.Any, record: ConnectionPoolEntry, _proxy: PoolProxiedConnection
     ) -> None:
-        if record.info.get(_LOOP) is not asyncio.get_running_loop():
+        loop = record.info.get(_LOOP)
+        if loop is not asyncio.get_running_loop():
+            if loop is not None and loop.is_closed():
+                # Closing it would need its loop: SQLAlchemy's attempt would fail
+                # and log a traceback that keeps the connection alive. Drop it;
+                # asyncio reclaims its socket, as for any transport of a loop
+                # closed without cleanup.
+                record.dbapi_connection = None
             raise sa.exc.DisconnectionError(
                 "connection was opened in another event loop"
             )
