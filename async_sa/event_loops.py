@@ -121,7 +121,7 @@ def keep_connections_in_their_loop(engine: sa_async.AsyncEngine) -> None:
                 # and log a traceback that keeps the connection alive. Drop it;
                 # asyncio reclaims its socket, as for any transport of a loop
                 # closed without cleanup.
-                record.dbapi_connection = None
+                t.cast(t.Any, record).dbapi_connection = None
             raise sa.exc.DisconnectionError(
                 "connection was opened in another event loop"
             )
