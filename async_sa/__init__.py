@@ -8,7 +8,9 @@ lifecycle for every request.
 
 from __future__ import annotations
 
+from async_sa.errors import ModelsCommittedError
 from async_sa.errors import NotFound
+from async_sa.errors import TransactionAbortedError
 from async_sa.errors import UnknownBindKeyError
 from async_sa.extension import SQLAlchemy
 from async_sa.model import Model
@@ -23,11 +25,13 @@ from async_sa.signals import models_committed
 __all__ = [
     "AsyncSession",
     "Model",
+    "ModelsCommittedError",
     "NotFound",
     "Pagination",
     "QueryInfo",
     "SQLAlchemy",
     "Session",
+    "TransactionAbortedError",
     "UnknownBindKeyError",
     "before_models_committed",
     "get_recorded_queries",

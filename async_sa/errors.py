@@ -39,3 +39,39 @@ class NotFound(LookupError):
     def __init__(self, description: str | None = None) -> None:
         self.description = description
         super().__init__(description or "Not Found")
+
+
+class TransactionAbortedError(sa.exc.PendingRollbackError):
+    """``commit()`` refused: the database aborted the transaction.
+
+    A statement failed earlier in the transaction and the error was caught;
+    PostgreSQL then aborts the whole transaction and answers ``COMMIT`` with
+    ``ROLLBACK``, so committing would store nothing while reporting success.
+    Nothing is stored and ``models_committed`` is not sent. Roll the session
+    back (leaving ``async with`` does it) before using it again. To recover
+    from an expected error inside a transaction, run the statement in a
+    savepoint: ``async with session.begin_nested(): ...``.
+    """
+
+
+class ModelsCommittedError(Exception):
+    """The commit is durable, but a ``models_committed`` receiver raised.
+
+    Raised by ``commit()`` once the data is stored and every receiver has run;
+    the session is usable. ``errors`` holds each receiver's exception, in the
+    order they were called; the first is also the ``__cause__``. Commit on
+    success under Quart logs it and keeps the response: the data is stored.
+    """
+
+    def __init__(self, errors: list[Exception]) -> None:
+        self.errors = errors
+        failed = (
+            "a models_committed receiver"
+            if len(errors) == 1
+            else f"{len(errors)} models_committed receivers"
+        )
+        super().__init__(
+            f"The commit is durable (the data is stored), but {failed} raised "
+            + ", ".join(type(error).__name__ for error in errors)
+            + " (see the cause)."
+        )

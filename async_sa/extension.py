@@ -14,6 +14,7 @@ import sqlalchemy as sa
 import sqlalchemy.ext.asyncio as sa_async
 import sqlalchemy.orm as sa_orm
 
+from async_sa import aborted_transactions
 from async_sa import engines as _engines
 from async_sa import pagination as _pagination
 from async_sa import record_queries as _record_queries
@@ -217,6 +218,7 @@ class SQLAlchemy:
             ),
             commit_on_success=commit_on_success,
         )
+        aborted_transactions.watch(engines.values())
         if state.record_queries:
             _record_queries.listen(engines.values())
         return state

@@ -10,6 +10,7 @@ import sqlalchemy.ext.asyncio as sa_async
 import sqlalchemy.orm as sa_orm
 from sqlalchemy.sql import visitors
 
+from async_sa import aborted_transactions
 from async_sa import track_modifications
 from async_sa.cleanup import run_to_completion
 from async_sa.state import State
@@ -69,6 +70,9 @@ class Session(sa_orm.Session):
         if clause is not None:
             return _engine_for(state, clause)
         return state.sync_engine(None)
+
+
+sa.event.listen(Session, "before_commit", aborted_transactions.refuse_aborted_commit)
 
 
 def _engine_for(state: State, clause: sa.ClauseElement) -> sa.Engine:

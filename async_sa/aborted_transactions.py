@@ -1,0 +1,80 @@
+"""Refuse to commit a transaction the database has aborted.
+
+When a statement fails inside a transaction and the error is caught, PostgreSQL
+aborts the whole transaction: every later statement fails, and ``COMMIT`` is
+answered with ``ROLLBACK`` without an error, so a plain commit would report
+success for work that was thrown away. SQLite and MariaDB keep the transaction
+instead, and a savepoint rolled back after the error restores it on PostgreSQL.
+
+So nothing is decided by dialect: a failed statement marks its connection
+(``handle_error``, which runs only on errors), and a session's commit asks each
+marked connection whether its transaction still runs statements (``SELECT 1``
+on the driver connection). Commits with no failed statement cost one check of
+an empty set.
+"""
+
+from __future__ import annotations
+
+import weakref
+from collections.abc import Iterable
+
+import sqlalchemy as sa
+import sqlalchemy.ext.asyncio as sa_async
+import sqlalchemy.orm as sa_orm
+
+from async_sa.errors import TransactionAbortedError
+
+_failed: weakref.WeakSet[sa.Connection] = weakref.WeakSet()
+"""Connections on which a statement failed since their last successful check."""
+
+
+def watch(engines: Iterable[sa_async.AsyncEngine]) -> None:
+    """Mark the connections of ``engines`` on which a statement fails."""
+    for engine in engines:
+        sa.event.listen(engine.sync_engine, "handle_error", _statement_failed)
+
+
+def _statement_failed(context: sa.engine.ExceptionContext) -> None:
+    connection = context.connection
+    if connection is not None:
+        _failed.add(connection)
+
+
+def refuse_aborted_commit(session: sa_orm.Session) -> None:
+    """``before_commit`` of every async_sa session: raise before committing a
+    transaction one of whose connections can no longer run statements.
+
+    :raises TransactionAbortedError: with the driver's error as the cause.
+    """
+    if not _failed or session.in_nested_transaction():
+        return
+    transaction = session.get_transaction()
+    if transaction is None:
+        return
+    # SessionTransaction has no public way to list its connections.
+    for connection, *_ in list(transaction._connections.values()):
+        if connection in _failed:
+            error = _probe(connection)
+            if error is not None:
+                raise TransactionAbortedError(
+                    "This transaction cannot be committed: a statement failed "
+                    "earlier in it and the database aborted the transaction "
+                    "(committing would store nothing). Roll the session back "
+                    "and redo the work; run a statement that may fail inside "
+                    "'async with session.begin_nested():' to keep the rest of "
+                    "the transaction."
+                ) from error
+            _failed.discard(connection)
+
+
+def _probe(connection: sa.Connection) -> Exception | None:
+    """Run ``SELECT 1`` on the driver connection; its error, if it fails."""
+    cursor = connection.connection.cursor()
+    try:
+        cursor.execute("SELECT 1")
+        cursor.fetchall()
+    except Exception as error:
+        return error
+    finally:
+        cursor.close()
+    return None
