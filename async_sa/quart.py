@@ -13,7 +13,8 @@ this module imports Quart; the rest of :mod:`async_sa` works without it.
 - **Commit on success** (``SQLALCHEMY_COMMIT_ON_SUCCESS = True``): the request's
   session is committed in ``after_request`` when the response status is below
   400. A failed commit turns the response into a 500, so the client never sees
-  a 2xx for data that was not stored.
+  a 2xx for data that was not stored; a ``models_committed`` receiver failing
+  once the data is stored is logged and the response kept.
 - **Serving**: the app's engines are disposed ``after_serving``.
 - **Shell**: ``quart shell`` has ``db`` and every model.
 - **Signals**: the sender of :mod:`async_sa.signals` is the app.
@@ -51,6 +52,7 @@ from async_sa import record_queries
 from async_sa.cleanup import run_to_completion
 from async_sa.engines import BindConfig
 from async_sa.engines import BindKey
+from async_sa.errors import ModelsCommittedError
 from async_sa.scoping import current_task
 from async_sa.state import State
 
@@ -249,7 +251,10 @@ async def _commit_on_success(db: SQLAlchemy, response: ResponseTypes) -> Respons
 
     A failed commit is raised, which Quart turns into a 500. Should the 500 path
     produce a success response again (a custom 500 handler), it is replaced by
-    a plain 500: a failed commit never leaves with a 2xx or 3xx.
+    a plain 500: a failed commit never leaves with a 2xx or 3xx. A
+    ``models_committed`` receiver failing after the commit is durable
+    (:class:`ModelsCommittedError`) is logged and the response kept: the data
+    is stored, and a 5xx would make the client send it again.
     """
     if response.status_code >= 400:
         return response
@@ -259,6 +264,11 @@ async def _commit_on_success(db: SQLAlchemy, response: ResponseTypes) -> Respons
         return response
     try:
         await db.session.commit()
+    except ModelsCommittedError:
+        logger.exception(
+            "the request's commit is durable, but a models_committed receiver "
+            "failed; the response is kept"
+        )
     except Exception:
         setattr(quart.g, _COMMIT_FAILED, True)
         raise

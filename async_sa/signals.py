@@ -60,8 +60,12 @@ models_committed = _signals.signal(
     state"). Receivers that need the database must use another session
     (``async with db.sessionmaker.begin() as other:``).
 
-    An exception raised by a receiver propagates out of ``commit()`` after the
-    session has finished committing: the data is stored and the session is
-    usable; the receivers after the failing one are not called.
+    A receiver that raises does not stop the others: every receiver is called,
+    then ``commit()`` raises :class:`async_sa.ModelsCommittedError`, whose
+    ``errors`` are the receivers' exceptions (the first is its ``__cause__``).
+    The data is stored and the session is usable; catch that type to tell
+    "stored, but a receiver failed" from a failed commit. Under Quart's commit
+    on success it is logged and the response is kept. A cancellation in a
+    receiver is raised as itself, at once.
     """,
 )

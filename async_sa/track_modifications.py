@@ -9,7 +9,9 @@ from there through SQLAlchemy's greenlet bridge.
 Changes are recorded on ``before_flush``. ``before_commit`` flushes first, so the
 final flush is recorded too and new objects have primary keys when
 ``before_models_committed`` is sent; ``models_committed`` is sent on
-``after_commit``, while SQL on the committed session fails clearly.
+``after_commit``, while SQL on the committed session fails clearly; every
+receiver is called even when one raises, and their exceptions are raised as
+:class:`~async_sa.ModelsCommittedError` once SQLAlchemy has finished the commit.
 
 Changes are kept in layers: one for the transaction and one per open savepoint.
 Releasing a savepoint merges its layer into the one below; rolling it back drops
@@ -19,6 +21,7 @@ it; the end of the transaction (commit, rollback or close) drops everything.
 from __future__ import annotations
 
 import typing as t
+from inspect import iscoroutinefunction
 from collections.abc import Callable
 from collections.abc import Coroutine
 
@@ -26,6 +29,7 @@ import blinker
 import sqlalchemy as sa
 import sqlalchemy.orm as sa_orm
 
+from async_sa.errors import ModelsCommittedError
 from async_sa.signals import before_models_committed
 from async_sa.signals import models_committed
 
@@ -90,7 +94,7 @@ class _Tracker:
         changes, self.layer = self.layer, {}
         if changes:
             try:
-                _send(models_committed, self.sender, list(changes.values()))
+                _send_to_each(models_committed, self.sender, list(changes.values()))
             except BaseException as error:
                 transaction = session.get_transaction()
                 assert transaction is not None
@@ -133,6 +137,27 @@ def _put(layer: _Layer, instance: t.Any, operation: Operation) -> None:
 
 def _send(signal: blinker.Signal, sender: t.Any, changes: list[Change]) -> None:
     signal.send(sender, _async_wrapper=_await_in_greenlet, changes=changes)
+
+
+def _send_to_each(signal: blinker.Signal, sender: t.Any, changes: list[Change]) -> None:
+    """Send ``signal`` to every receiver, even after one has raised.
+
+    The commit is durable by then, so one failing receiver (an audit write)
+    must not cost the others their call. Their exceptions are raised together
+    as :class:`ModelsCommittedError`; a ``BaseException`` (a cancellation) is
+    raised as itself at once.
+    """
+    if signal.is_muted:
+        return
+    errors: list[Exception] = []
+    for receiver in signal.receivers_for(sender):
+        call = _await_in_greenlet(receiver) if iscoroutinefunction(receiver) else receiver
+        try:
+            call(sender, changes=changes)
+        except Exception as error:
+            errors.append(error)
+    if errors:
+        raise ModelsCommittedError(errors) from errors[0]
 
 
 def _await_in_greenlet(

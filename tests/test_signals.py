@@ -309,7 +309,8 @@ async def test_exception_in_before_receiver_aborts_the_commit(
 async def test_exception_in_after_receiver_propagates_once_durable(
     tracked: SQLAlchemy, sent: Sent
 ) -> None:
-    """A models_committed receiver raising: stored, raised, session still usable."""
+    """A models_committed receiver raising: stored, raised as ModelsCommittedError
+    (saying the commit is durable), session still usable."""
     Todo = todo_model(tracked)
     await tracked.create_all()
 
@@ -318,13 +319,56 @@ async def test_exception_in_after_receiver_propagates_once_durable(
 
     with signals.models_committed.connected_to(fail):
         tracked.session.add(Todo(title="stored"))
-        with pytest.raises(ValueError, match="receiver failed"):
+        with pytest.raises(async_sa.ModelsCommittedError, match="durable") as info:
             await tracked.session.commit()
+    assert isinstance(info.value.__cause__, ValueError)
+    assert info.value.errors == [info.value.__cause__]
+    assert "receiver failed" in str(info.value.__cause__)
     assert await titles(tracked, Todo) == ["stored"]
     sent.clear()
     tracked.session.add(Todo(title="next"))
     await tracked.session.commit()
     assert sent.described() == ([[("next", "insert")]], [[("next", "insert")]])
+
+
+async def test_every_after_receiver_runs_when_one_fails(
+    tracked: SQLAlchemy, sent: Sent
+) -> None:
+    """The receivers after a failing one are still called (the data is stored
+    anyway); every failure is in ``errors``, the first is the cause."""
+    Todo = todo_model(tracked)
+    await tracked.create_all()
+    called: list[str] = []
+
+    def fail_first(sender: t.Any, changes: Changes) -> None:
+        called.append("first")
+        raise ValueError("first failed")
+
+    async def fail_second(sender: t.Any, changes: Changes) -> None:
+        called.append("second")
+        raise KeyError("second failed")
+
+    def succeed(sender: t.Any, changes: Changes) -> None:
+        called.append("third")
+
+    with (
+        signals.models_committed.connected_to(fail_first),
+        signals.models_committed.connected_to(fail_second),
+        signals.models_committed.connected_to(succeed),
+    ):
+        async with tracked.sessionmaker() as session:
+            session.add(Todo(title="stored"))
+            with pytest.raises(async_sa.ModelsCommittedError) as info:
+                await session.commit()
+    assert sorted(called) == ["first", "second", "third"]
+    assert sorted(type(e).__name__ for e in info.value.errors) == [
+        "KeyError",
+        "ValueError",
+    ]
+    assert info.value.__cause__ is info.value.errors[0]
+    assert "2 models_committed receivers" in str(info.value)
+    assert len(sent.after) == 1
+    assert await titles(tracked, Todo) == ["stored"]
 
 
 CommitStyle = Callable[[SQLAlchemy, t.Any], Awaitable[None]]
@@ -399,8 +443,11 @@ async def test_using_the_committing_session_in_a_receiver_fails_clearly(
 
     with signals.models_committed.connected_to(query):
         session.add(Todo(title="a"))
-        with pytest.raises(sa.exc.InvalidRequestError, match="'committed' state"):
+        with pytest.raises(async_sa.ModelsCommittedError) as info:
             await asyncio.wait_for(session.commit(), timeout=10)
+    cause = info.value.__cause__
+    assert isinstance(cause, sa.exc.InvalidRequestError)
+    assert "'committed' state" in str(cause)
     with signals.before_models_committed.connected_to(commit_again):
         session.add(Todo(title="b"))
         with pytest.raises(sa.exc.IllegalStateChangeError, match="in progress"):
@@ -492,7 +539,9 @@ async def test_every_kind_of_session_is_tracked(
 
 
 def _listeners(session: sa_orm.Session) -> dict[str, int]:
-    return {name: len(getattr(session.dispatch, name)) for name in _EVENTS}
+    """The listeners of ``session`` itself: the class-wide commit check of
+    async_sa.aborted_transactions runs whether tracking is on or not."""
+    return {name: len(getattr(session.dispatch, name).listeners) for name in _EVENTS}
 
 
 async def test_tracking_disabled_records_sends_and_listens_to_nothing(
