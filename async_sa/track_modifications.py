@@ -21,9 +21,9 @@ it; the end of the transaction (commit, rollback or close) drops everything.
 from __future__ import annotations
 
 import typing as t
-from inspect import iscoroutinefunction
 from collections.abc import Callable
 from collections.abc import Coroutine
+from inspect import iscoroutinefunction
 
 import blinker
 import sqlalchemy as sa
@@ -151,7 +151,9 @@ def _send_to_each(signal: blinker.Signal, sender: t.Any, changes: list[Change]) 
         return
     errors: list[Exception] = []
     for receiver in signal.receivers_for(sender):
-        call = _await_in_greenlet(receiver) if iscoroutinefunction(receiver) else receiver
+        call = (
+            _await_in_greenlet(receiver) if iscoroutinefunction(receiver) else receiver
+        )
         try:
             call(sender, changes=changes)
         except Exception as error:

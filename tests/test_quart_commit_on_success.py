@@ -28,7 +28,7 @@ class Site(t.NamedTuple):
     db: SQLAlchemy
     Note: type[t.Any]
 
-    async def count(self) -> int:
+    async def stored(self) -> int:
         async with self.app.app_context(), self.db.sessionmaker() as session:
             stored = await session.scalar(
                 sa.select(sa.func.count()).select_from(self.Note)
@@ -37,10 +37,7 @@ class Site(t.NamedTuple):
 
     def checked_out(self) -> int:
         state = self.app.extensions["sqlalchemy"].state
-        return sum(
-            engine.pool.checkedout()  # type: ignore[attr-defined]
-            for engine in state.engines.values()
-        )
+        return sum(engine.pool.checkedout() for engine in state.engines.values())
 
 
 async def make_site(
@@ -82,9 +79,7 @@ async def make_site(
 
 
 @pytest.fixture
-async def site(
-    new_db: NewDb, backend: Backend, tmp_path: Path
-) -> AsyncIterator[Site]:
+async def site(new_db: NewDb, backend: Backend, tmp_path: Path) -> AsyncIterator[Site]:
     url = sa.make_url(backend.url)
     if backend.is_postgres:
         url = url.set(password=PASSWORD)
@@ -106,7 +101,7 @@ async def test_failing_receiver_after_a_durable_commit_keeps_the_2xx(
     with models_committed.connected_to(audit), caplog.at_level(logging.ERROR):
         response = await site.app.test_client().post("/notes/7")
     assert response.status_code == 201
-    assert await site.count() == 1
+    assert await site.stored() == 1
     [record] = [r for r in caplog.records if r.name == "async_sa.quart"]
     assert record.exc_info is not None
     assert isinstance(record.exc_info[1], ModelsCommittedError)
@@ -133,7 +128,7 @@ async def test_commit_after_a_caught_error_is_a_500_where_it_stores_nothing(
     with models_committed.connected_to(record):
         response = await client.post("/notes/2/after-an-error")
     if backend.is_postgres:
-        assert (response.status_code, await site.count(), sent) == (500, 1, [])
+        assert (response.status_code, await site.stored(), sent) == (500, 1, [])
     else:
-        assert (response.status_code, await site.count(), len(sent)) == (201, 2, 1)
+        assert (response.status_code, await site.stored(), len(sent)) == (201, 2, 1)
     assert site.checked_out() == 0

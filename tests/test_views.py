@@ -5,8 +5,10 @@ from __future__ import annotations
 import typing as t
 import uuid
 
+import hypothesis
 import pytest
 import sqlalchemy as sa
+from hypothesis import strategies as st
 from sqlalchemy.orm import Mapped
 from sqlalchemy.orm import mapped_column
 from sqlalchemy.orm import relationship
@@ -146,6 +148,92 @@ async def test_get_or_404_bad_text_identifier(
     with pytest.raises(NotFound):
         await db.get_or_404(models.Doc, ident)
     assert (await db.get_or_404(models.Tag, "a")).item_id == 1
+
+
+@pytest.mark.parametrize(
+    "ident",
+    [[1, 2], [], {}, {"x": 1}, {"id": 1, "x": 2}, [[1]], [{"id": 1}], {"id": [1]}]
+    + [1.5, 1.0, True, False, None, [True], {"id": 1.0}, [None], float("nan")],
+)
+async def test_get_or_404_json_value_that_is_no_identity(
+    db: SQLAlchemy, models: Models, ident: t.Any
+) -> None:
+    """A JSON-decoded value that cannot be an integer key is a 404, never a
+    server error, and never finds row 1 (``1.0``, ``True``)."""
+    with pytest.raises(NotFound):
+        await db.get_or_404(models.Item, ident)
+    assert (await db.get_or_404(models.Item, 1)).name == "one"
+
+
+@pytest.mark.parametrize("ident", [[1], (1,), {"id": 1}, ["1"], {"id": "+1"}])
+async def test_get_or_404_sequence_and_mapping_identities(
+    db: SQLAlchemy, models: Models, ident: t.Any
+) -> None:
+    """A one-item list or tuple, or a dict by attribute name, names a row as
+    with ``session.get``; text in them is parsed like a bare string."""
+    assert (await db.get_or_404(models.Item, ident)).id == 1
+
+
+@pytest.mark.parametrize(
+    "ident",
+    [[1, "x", 3], [1], 1, "1", {"left": 1}, {"left": 1, "x": "x"}, [True, "x"]]
+    + [[1.0, "x"], [1, 2], [1, None], [1, ["x"]], {"left": 1, "right": None}],
+)
+async def test_get_or_404_composite_key_wrong_shape(
+    db: SQLAlchemy, models: Models, ident: t.Any
+) -> None:
+    """A composite key needs one valid value per column: anything else is a 404."""
+    with pytest.raises(NotFound):
+        await db.get_or_404(models.Pair, ident)
+    assert (await db.get_or_404(models.Pair, [1, "x"])).right == "x"
+    assert (await db.get_or_404(models.Pair, {"left": "1", "right": "x"})).left == 1
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=8),
+    lambda inner: (
+        st.lists(inner, max_size=3)
+        | st.dictionaries(st.sampled_from(["id", "left", "right", "x"]), inner)
+    ),
+    max_leaves=5,
+)
+
+
+def denoted_integer(value: t.Any) -> int | None:
+    """The integer a JSON value names as a whole-number key, if any."""
+    if isinstance(value, str) and value.strip("+-").isascii():
+        value = value.lstrip("+")
+        if value.lstrip("-").isdigit() and len(value.lstrip("-")) <= 19:
+            return int(value)
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    return None
+
+
+@hypothesis.settings(
+    max_examples=60,
+    deadline=None,
+    suppress_health_check=[hypothesis.HealthCheck.function_scoped_fixture],
+)
+@hypothesis.given(ident=json_values)
+async def test_fuzz_get_or_404_json_values(
+    db: SQLAlchemy, models: Models, ident: t.Any
+) -> None:
+    """Any JSON value: the row it names, or a 404; never another error, and a
+    found row is the one the value denotes."""
+    for model, key in ((models.Item, "id"), (models.Pair, "left")):
+        try:
+            instance = await db.get_or_404(model, ident)
+        except NotFound:
+            continue
+        if isinstance(ident, list):
+            assert len(ident) == (1 if model is models.Item else 2)
+            value = ident[0]
+        elif isinstance(ident, dict):
+            value = ident[key]
+        else:
+            value = ident
+        assert denoted_integer(value) == getattr(instance, key)
 
 
 async def test_rejected_identifier_rolls_back(db: SQLAlchemy, models: Models) -> None:
