@@ -13,6 +13,7 @@ from sqlalchemy.sql import visitors
 from async_sa import aborted_transactions
 from async_sa import track_modifications
 from async_sa.cleanup import run_to_completion
+from async_sa.engines import BindKey
 from async_sa.state import State
 
 if t.TYPE_CHECKING:
@@ -35,9 +36,12 @@ class Session(sa_orm.Session):
     """
 
     _async_sa_state: State
+    _async_sa_metadatas: dict[BindKey, sa.MetaData]
+    """``db.metadatas``: only their tables are kept in ``State.routes``."""
 
     def __init__(self, *, db: SQLAlchemy, **kwargs: t.Any) -> None:
         self._async_sa_state = db._current_state()
+        self._async_sa_metadatas = db.metadatas
         super().__init__(**kwargs)
         if self._async_sa_state.track_modifications:
             track_modifications.track(self, self._async_sa_state.sender)
@@ -64,31 +68,42 @@ class Session(sa_orm.Session):
             try:
                 return state.routes[mapper]
             except KeyError:
-                selectable = sa.inspect(mapper).local_table
-                engine = state.routes[mapper] = _engine_for(state, selectable)
+                table = _first_table(sa.inspect(mapper).local_table)
+                engine = _engine_for(self, table)
+                if table in state.routes:
+                    state.routes[mapper] = engine
                 return engine
         if clause is not None:
-            return _engine_for(state, clause)
+            return _engine_for(self, _first_table(clause))
         return state.sync_engine(None)
 
 
 sa.event.listen(Session, "before_commit", aborted_transactions.refuse_aborted_commit)
 
 
-def _engine_for(state: State, clause: sa.ClauseElement) -> sa.Engine:
-    """The engine of the first table found in ``clause``, else the default one."""
-    table = _first_table(clause)
+def _engine_for(session: Session, table: sa.Table | None) -> sa.Engine:
+    """The engine of ``table``'s bind key, else the default one.
+
+    Only tables of the db's own metadatas are remembered in ``State.routes``:
+    tables made on the fly (one per report, each in a fresh ``MetaData``) are
+    routed by their metadata's ``info["bind_key"]`` each time, so the cache
+    never holds them.
+    """
+    state = session._async_sa_state
     if table is None:
         return state.sync_engine(None)
     try:
         return state.routes[table]
     except KeyError:
-        bind_key = table.metadata.info.get("bind_key")
-        engine = state.routes[table] = state.sync_engine(bind_key)
+        metadata = table.metadata
+        engine = state.sync_engine(metadata.info.get("bind_key"))
+        if any(metadata is own for own in session._async_sa_metadatas.values()):
+            state.routes[table] = engine
         return engine
 
 
-def _first_table(clause: sa.ClauseElement) -> sa.Table | None:
+def _first_table(clause: sa.ClauseElement | sa.FromClause) -> sa.Table | None:
+    """The first table ``clause`` names (in a select, join, subquery or DML)."""
     for element in visitors.iterate(clause):
         if isinstance(element, sa.Table):
             return element

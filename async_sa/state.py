@@ -40,7 +40,9 @@ class State:
     commit_on_success: bool = False
     sync_engines: dict[BindKey, sa.Engine] = dataclasses.field(init=False)
     routes: dict[t.Any, sa.Engine] = dataclasses.field(default_factory=dict)
-    """Engine per mapper and per table, filled as sessions route statements."""
+    """Engine per mapper and per table, filled as sessions route statements;
+    only tables of the db's own metadatas (and their mappers) are kept, so
+    tables made on the fly do not pile up."""
     not_found: Callable[[str | None], t.NoReturn] = raise_not_found
     """Ends a ``*_or_404`` helper or a bad page: ``abort(404)`` under Quart."""
     request_args: Callable[[], Mapping[str, str] | None] = no_request_args

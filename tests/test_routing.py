@@ -9,7 +9,9 @@ fails with "no such table" instead of passing by accident.
 from __future__ import annotations
 
 import asyncio
+import gc
 import typing as t
+import weakref
 from collections.abc import AsyncIterator
 
 import pytest
@@ -232,3 +234,32 @@ async def test_routing_holds_under_concurrent_tasks(
     await asyncio.gather(*(write(number) for number in range(10, 40)))
     assert await rows_in(db, None, "local") == 30
     assert await rows_in(db, "remote", "remote") == 30
+
+
+async def test_ad_hoc_tables_are_routed_and_not_kept(
+    routed: tuple[SQLAlchemy, Models],
+) -> None:
+    """Statements on 20,000 tables made on the fly (each in a fresh MetaData
+    saying its bind key) go to that bind, and the routing cache keeps none of
+    them: it stays the size of the db's own tables, and they are freed."""
+    db, models = routed
+    session = db.session()
+    state = db._current_state()
+    await session.execute(sa.select(models.remote_table))
+    await session.get(models.remote, 1)
+    cached = len(state.routes)
+    assert models.remote_table in state.routes
+    remote = db.get_engine("remote").sync_engine
+    alive: weakref.WeakSet[sa.Table] = weakref.WeakSet()
+    for number in range(20_000):
+        metadata = sa.MetaData(info={"bind_key": "remote"})
+        table = sa.Table("remote_log", metadata, sa.Column("id", sa.Integer))
+        alive.add(table)
+        statement = sa.select(table.c.id)
+        if number % 2_000 == 0:
+            assert (await session.execute(statement)).all() == []
+        else:
+            assert session.sync_session.get_bind(clause=statement) is remote
+    gc.collect()
+    assert len(state.routes) == cached
+    assert len(alive) < 1_000
