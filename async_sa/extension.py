@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import types
 import typing as t
 import weakref
 from collections.abc import Callable
@@ -30,6 +31,7 @@ from async_sa.state import State
 
 _ALL = "__all__"
 _T = t.TypeVar("_T")
+_C = t.TypeVar("_C")
 BindKeys = BindKey | Iterable[BindKey]
 """One bind key, several, or ``"__all__"``."""
 
@@ -50,9 +52,12 @@ class SQLAlchemy:
     :param engine_options: ``create_async_engine`` options for every engine; a
         bind's own options win.
     :param session_options: ``async_sessionmaker`` options; the default is
-        ``expire_on_commit=False``. ``class_`` must subclass
-        :class:`async_sa.AsyncSession` and ``sync_session_class``
-        :class:`async_sa.Session`.
+        ``expire_on_commit=False``. ``class_`` may subclass SQLAlchemy's
+        ``AsyncSession`` and ``sync_session_class`` its ``Session`` (the default
+        is ``class_.sync_session_class``): a class that does not subclass ours
+        (:class:`async_sa.AsyncSession`, :class:`async_sa.Session`) is combined
+        with ours, ours first, so routing, signals and the cancellation-safe
+        close stay.
     :param track_modifications: send :mod:`async_sa.signals` on commit.
     :param record_queries: record queries for :func:`get_recorded_queries`.
     :param metadata: the default ``MetaData`` (for the default model base).
@@ -386,26 +391,66 @@ class SQLAlchemy:
 def _make_sessionmaker(
     db: SQLAlchemy, options: Mapping[str, t.Any]
 ) -> sa_async.async_sessionmaker[AsyncSession]:
-    options = {
-        "class_": AsyncSession,
-        "sync_session_class": Session,
-        "expire_on_commit": False,
-        **options,
-    }
-    class_, sync_class = options["class_"], options["sync_session_class"]
-    if not (isinstance(class_, type) and issubclass(class_, AsyncSession)):
-        raise TypeError(
-            f"session_options['class_'] must subclass async_sa.AsyncSession, "
-            f"not {class_!r}."
-        )
-    if not (isinstance(sync_class, type) and issubclass(sync_class, Session)):
-        raise TypeError(
-            f"session_options['sync_session_class'] must subclass "
-            f"async_sa.Session (which routes bind keys), not {sync_class!r}."
-        )
+    options = {"class_": AsyncSession, "expire_on_commit": False, **options}
     if "scopefunc" in options:
         raise TypeError(
             "session_options['scopefunc'] is not supported: db.session is "
             "always scoped to the current asyncio task."
         )
+    given = options["class_"]
+    class_ = _with_ours(given, AsyncSession, "class_")
+    sync_class = options.get("sync_session_class", given.sync_session_class)
+    options["class_"] = class_
+    options["sync_session_class"] = _with_ours(
+        sync_class, Session, "sync_session_class"
+    )
     return sa_async.async_sessionmaker(db=db, **options)
+
+
+def _with_ours(given: t.Any, ours: type[_C], option: str) -> type[_C]:
+    """The session class to use for ``session_options[option]``.
+
+    A subclass of ours is used as it is; the plain SQLAlchemy class stands for
+    ours; any other subclass of the plain class is combined with ours, ours
+    first in the MRO, so that bind-key routing, the commit signals and the
+    cancellation-safe close stay.
+    """
+    plain, plain_name = _PLAIN[ours]
+    if not (isinstance(given, type) and issubclass(given, plain)):
+        raise TypeError(
+            f"session_options[{option!r}] must be a subclass of {plain_name} "
+            f"(async_sa combines it with async_sa.{ours.__qualname__}), "
+            f"not {given!r}."
+        )
+    if issubclass(given, ours):
+        return given
+    if given is plain:
+        return ours
+    return _combined(given, ours)
+
+
+_PLAIN: dict[type, tuple[type, str]] = {
+    AsyncSession: (sa_async.AsyncSession, "sqlalchemy.ext.asyncio.AsyncSession"),
+    Session: (sa_orm.Session, "sqlalchemy.orm.Session"),
+}
+"""Our session class → the SQLAlchemy class it extends, and its public name."""
+
+
+_combined_classes: dict[tuple[type, type], type] = {}
+"""(given class, ours) → the class combining them, made once."""
+
+
+def _combined(given: type, ours: type[_C]) -> type[_C]:
+    """``given`` with ``ours`` first in its MRO (named like ``given``)."""
+    combined = _combined_classes.get((given, ours))
+    if combined is None:
+        combined = _combined_classes[given, ours] = types.new_class(
+            given.__name__,
+            (ours, given),
+            exec_body=lambda namespace: namespace.update(
+                __module__=given.__module__,
+                __qualname__=given.__qualname__,
+                __doc__=given.__doc__,
+            ),
+        )
+    return t.cast("type[_C]", combined)

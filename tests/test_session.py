@@ -7,6 +7,7 @@ import typing as t
 
 import pytest
 import sqlalchemy as sa
+import sqlalchemy.ext.asyncio as sa_async
 import sqlalchemy.orm as sa_orm
 from sqlalchemy.orm import Mapped
 from sqlalchemy.orm import mapped_column
@@ -212,20 +213,103 @@ async def test_session_options_override_defaults(make_db: MakeDb) -> None:
 @pytest.mark.parametrize(
     ("options", "message"),
     [
+        ({"class_": object}, r"'class_'\] must be a subclass of .*AsyncSession"),
+        ({"class_": sa_orm.Session}, r"'class_'\] must be a subclass of"),
+        ({"class_": "AsyncSession"}, r"'class_'\] must be a subclass of"),
         (
-            {"class_": sa.ext.asyncio.AsyncSession},
-            "must subclass async_sa.AsyncSession",
+            {"sync_session_class": sa_async.AsyncSession},
+            r"'sync_session_class'\] must be a subclass of sqlalchemy.orm.Session",
         ),
-        ({"sync_session_class": sa_orm.Session}, "must subclass async_sa.Session"),
+        ({"sync_session_class": lambda **kw: None}, "must be a subclass of"),
         ({"scopefunc": lambda: 1}, "scopefunc'] is not supported"),
     ],
 )
 def test_session_options_that_break_routing_are_refused(
     options: dict[str, t.Any], message: str
 ) -> None:
-    """Classes without our routing, or another scope, are refused with the fix."""
+    """What is not a session class, or another scope, is refused with the fix."""
     with pytest.raises(TypeError, match=message):
         SQLAlchemy(url="sqlite://", session_options=options)
+
+
+class PlainSync(sa_orm.Session):
+    """A plain SQLAlchemy session subclass, as Flask-SQLAlchemy users have."""
+
+    def __init__(self, **kwargs: t.Any) -> None:
+        self.made_by_plain = True
+        super().__init__(**kwargs)
+
+
+class PlainAsync(sa_async.AsyncSession):
+    """A plain SQLAlchemy async session subclass, naming its sync class."""
+
+    sync_session_class = PlainSync
+
+    def describe(self) -> str:
+        return "plain"
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"class_": PlainAsync, "sync_session_class": PlainSync},
+        {"class_": PlainAsync},
+    ],
+    ids=["both given", "sync class from class_"],
+)
+async def test_plain_sqlalchemy_session_classes_are_composed_with_ours(
+    make_db: MakeDb, options: dict[str, t.Any]
+) -> None:
+    """Plain AsyncSession / Session subclasses work: combined with ours first,
+    so routing, signals and the cancellation-safe close stay; the combined
+    class is made once per given class."""
+    db = make_db(
+        binds={"a": {"url": "sqlite://", "connect_args": {}}},
+        session_options=options,
+        track_modifications=True,
+    )
+    Todo = todo_model(db)
+
+    class Post(db.Model):  # type: ignore[name-defined,misc]
+        __bind_key__ = "a"
+        id: Mapped[int] = mapped_column(primary_key=True)
+
+    await db.create_all()
+    session = db.session()
+    assert isinstance(session, PlainAsync)
+    assert type(session).__mro__[1] is async_sa.AsyncSession
+    assert type(session).close is async_sa.AsyncSession.close
+    assert session.describe() == "plain"
+    sync = session.sync_session
+    assert isinstance(sync, PlainSync) and isinstance(sync, async_sa.Session)
+    assert type(sync).__mro__[1] is async_sa.Session
+    assert sync.made_by_plain
+    assert session.get_bind(Post) is db.engines["a"].sync_engine
+    sent: list[t.Any] = []
+    with async_sa.models_committed.connected_to(
+        lambda sender, changes: sent.append(changes)
+    ):
+        session.add_all([Todo(title="x"), Post(id=1)])
+        await session.commit()
+    assert len(sent) == 1 and len(sent[0]) == 2
+    assert await count(db, Todo) == 1
+    async with db.sessionmaker() as explicit:
+        assert type(explicit) is type(session)
+    other = make_db(session_options=options)
+    assert type(other.session()) is type(session)
+    assert type(other.session().sync_session) is type(sync)
+
+
+async def test_plain_base_classes_mean_ours(make_db: MakeDb) -> None:
+    """The plain SQLAlchemy classes themselves stand for ours."""
+    db = make_db(
+        session_options={
+            "class_": sa_async.AsyncSession,
+            "sync_session_class": sa_orm.Session,
+        }
+    )
+    assert type(db.session()) is async_sa.AsyncSession
+    assert type(db.session().sync_session) is async_sa.Session
 
 
 async def test_sessionmaker_sessions_are_unscoped_and_route(make_db: MakeDb) -> None:
