@@ -93,11 +93,15 @@ class SQLAlchemy:
         """Set by :meth:`init_app`: the state of the current app, if any."""
 
         self.metadatas: dict[BindKey, sa.MetaData] = {}
-        """Bind key → the ``MetaData`` holding the tables of that bind."""
+        """Bind key → the ``MetaData`` holding the tables of that bind: one for
+        each configured bind (``binds=``, and ``SQLALCHEMY_BINDS`` once
+        ``init_app`` ran), and one for any other key a model or table uses."""
         self.Model: type[t.Any] = make_model_base(self, model_class, metadata)
         """The declarative base for models; see :class:`async_sa.Model`."""
         self.Model.metadata.info["bind_key"] = None
         self.metadatas[None] = self.Model.metadata
+        for key in self._binds:
+            self._make_metadata(key)
 
         self.sessionmaker: sa_async.async_sessionmaker[AsyncSession] = (
             _make_sessionmaker(self, session_options or {})
@@ -205,7 +209,10 @@ class SQLAlchemy:
         record_queries: bool | None = None,
         commit_on_success: bool = False,
     ) -> State:
-        """Create the engines of one owner (the standalone ``db`` or one app)."""
+        """Create the engines of one owner (the standalone ``db`` or one app),
+        and a metadata for each of its bind keys."""
+        for key in engine_options:
+            self._make_metadata(key)
         engines = {
             key: _engines.create_engine(options)
             for key, options in engine_options.items()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import typing as t
+
 import pytest
 import sqlalchemy as sa
 from sqlalchemy.orm import Mapped
@@ -100,3 +102,23 @@ async def test_reflect_loads_tables_of_every_bind(
     assert "user" in fresh.metadata.tables
     assert "post" in fresh.metadatas["a"].tables
     await bound_db.drop_all()
+
+
+def test_every_configured_bind_has_its_metadata_at_once(tmp_path: t.Any) -> None:
+    """``db.metadatas`` has one MetaData per bind from ``binds=`` right after
+    construction, with the default naming convention, and no engine is made."""
+    convention = {"pk": "pk_%(table_name)s", "ix": "ix_%(column_0_label)s"}
+    db = SQLAlchemy(
+        url="sqlite://",
+        binds={"a": "sqlite://", "b": {"url": f"sqlite:///{tmp_path / 'b.db'}"}},
+        metadata=sa.MetaData(naming_convention=convention),
+    )
+    assert set(db.metadatas) == {None, "a", "b"}
+    for key in ("a", "b"):
+        metadata = db.metadatas[key]
+        assert metadata is not db.metadata
+        assert metadata.naming_convention == db.metadata.naming_convention
+        assert metadata.info["bind_key"] == key
+    assert db._standalone is None
+    table = db.Table("log", sa.Column("id", sa.Integer), bind_key="a")
+    assert table.metadata is db.metadatas["a"]

@@ -604,3 +604,18 @@ async def test_commit_on_a_killed_connection_is_a_500_and_nothing_is_stored(
     await finished(db)
     assert checked_out(app) == 0
     assert await count(app, db, Note) == 0
+
+
+async def test_init_app_makes_a_metadata_per_configured_bind(
+    new_db: NewDb, make_app: MakeApp, backend: Backend
+) -> None:
+    """Each SQLALCHEMY_BINDS key has its ``db.metadatas`` entry once init_app
+    has run, with the default metadata's naming convention."""
+    convention = {"pk": "pk_%(table_name)s"}
+    db = new_db(metadata=sa.MetaData(naming_convention=convention))
+    app = make_app(SQLALCHEMY_BINDS={"audit": backend.bind(), "cache": backend.bind()})
+    db.init_app(app)
+    assert {"audit", "cache"} <= set(db.metadatas)
+    for key in ("audit", "cache"):
+        assert db.metadatas[key].info["bind_key"] == key
+        assert db.metadatas[key].naming_convention == db.metadata.naming_convention
