@@ -18,6 +18,7 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Mapped
 from sqlalchemy.orm import mapped_column
 
+from async_sa import aborted_transactions
 from async_sa import signals
 from async_sa import SQLAlchemy
 from async_sa import TransactionAbortedError
@@ -37,14 +38,24 @@ def item_model(db: SQLAlchemy) -> type[t.Any]:
 
 @pytest.fixture
 def committed() -> Iterator[list[list[int]]]:
-    """The ids each models_committed send reported."""
+    """The ids each models_committed send reported, each checked to follow a
+    before_models_committed with the same ids; a before_models_committed left
+    without its models_committed fails the test."""
     sent: list[list[int]] = []
+    before: list[list[int]] = []
+
+    def record_before(sender: t.Any, changes: Changes) -> None:
+        before.append(sorted(instance.id for instance, _ in changes))
 
     def record(sender: t.Any, changes: Changes) -> None:
-        sent.append(sorted(instance.id for instance, _ in changes))
+        sent.append(before.pop())
 
-    with signals.models_committed.connected_to(record):
+    with (
+        signals.before_models_committed.connected_to(record_before),
+        signals.models_committed.connected_to(record),
+    ):
         yield sent
+    assert before == []
 
 
 async def stored_ids(db: SQLAlchemy, model: type[t.Any]) -> list[int]:
@@ -190,3 +201,34 @@ async def test_sqlite_commits_after_a_caught_error(
         await duplicate_key(db, Item)
     await db.session.commit()
     assert committed == [[2, 3]]
+
+
+async def test_only_commits_after_a_failed_statement_are_checked(
+    make_db: MakeDb, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Commits cost nothing extra unless a statement failed on their connection:
+    then one check, and none for the commits after it."""
+    checks: list[sa.Connection] = []
+    probe = aborted_transactions._probe
+
+    def counted(connection: sa.Connection) -> Exception | None:
+        checks.append(connection)
+        return probe(connection)
+
+    monkeypatch.setattr(aborted_transactions, "_probe", counted)
+    db = make_db()
+    Item = await setup(db)
+    for number in range(2, 5):
+        db.session.add(Item(id=number))
+        await db.session.commit()
+    assert checks == []
+    with pytest.raises(sa.exc.IntegrityError):
+        async with db.session.begin_nested():
+            await duplicate_key(db, Item)
+    db.session.add(Item(id=5))
+    await db.session.commit()
+    assert len(checks) == 1
+    db.session.add(Item(id=6))
+    await db.session.commit()
+    assert len(checks) == 1
+    assert await stored_ids(db, Item) == [1, 2, 3, 4, 5, 6]

@@ -121,6 +121,11 @@ async def site(backend: Backend, tmp_path: Path) -> AsyncIterator[Site]:
         found = await db.get_or_404(Item, ident, description="No such item.")
         return {"id": found.id}
 
+    @app.post("/item-by-json")
+    async def item_by_json() -> t.Any:
+        ident = (await quart.request.get_json())["ident"]
+        return {"id": (await db.get_or_404(Item, ident)).id}
+
     @app.get("/item-number/<int:ident>")
     async def item_number(ident: int) -> t.Any:
         return {"id": (await db.get_or_404(Item, ident)).id}
@@ -369,3 +374,32 @@ async def test_fuzz_get_or_404_integer(site: Site, ident: int) -> None:
     """Any number for an ``<int:...>`` route gives 200 or 404, never a 500."""
     status, _ = await site.get(f"/item-number/{ident}")
     assert status in (200, 404)
+
+
+json_values = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(max_size=8),
+    lambda inner: (
+        st.lists(inner, max_size=3)
+        | st.dictionaries(st.sampled_from(["id", "x"]), inner)
+    ),
+    max_leaves=5,
+)
+
+
+@pytest.mark.reliability
+@fuzz_settings
+@given(
+    ident=st.one_of(st.sampled_from([[1, 2], [], {}, {"x": 1}, 1.5, True]), json_values)
+)
+async def test_fuzz_get_or_404_json_body(site: Site, ident: t.Any) -> None:
+    """Any JSON value as the identifier gives 200 or 404, never a 500; a float or
+    a boolean never finds row 1."""
+    client = site.app.test_client()
+    response = await client.post("/item-by-json", json={"ident": ident})
+    assert response.status_code in (200, 404), ident
+    if isinstance(ident, (bool, float)):
+        assert response.status_code == 404
