@@ -32,7 +32,8 @@ class Session(sa_orm.Session):
     ...}``; the bind key of the mapped table; the first table of a Core statement
     (selects, joins, subqueries, insert/update/delete); the default engine.
 
-    A custom ``sync_session_class`` must subclass this one.
+    A custom ``sync_session_class`` that subclasses SQLAlchemy's ``Session``
+    rather than this one is combined with it, this one first in the MRO.
     """
 
     _async_sa_state: State
