@@ -20,6 +20,8 @@ from async_sa import engines as _engines
 from async_sa import pagination as _pagination
 from async_sa import record_queries as _record_queries
 from async_sa import views as _views
+from async_sa.cleanup import check_close_timeout
+from async_sa.cleanup import DEFAULT_CLOSE_TIMEOUT
 from async_sa.engines import BindConfig
 from async_sa.engines import BindKey
 from async_sa.engines import UrlLike
@@ -60,6 +62,11 @@ class SQLAlchemy:
         close stay.
     :param track_modifications: send :mod:`async_sa.signals` on commit.
     :param record_queries: record queries for :func:`get_recorded_queries`.
+    :param close_timeout: seconds closing a session (``close()``, ``remove()``,
+        the end of ``async with``, Quart's teardown, the cleanup of a finished
+        task's session) waits for the database, default 5. Past it (a hung
+        server, a silent network partition) the session's connections are
+        terminated and invalidated, and the close returns.
     :param metadata: the default ``MetaData`` (for the default model base).
     :param model_class: a ``DeclarativeBase`` subclass to build ``db.Model`` on.
     :param disable_autonaming: do not derive ``__tablename__`` from class names.
@@ -75,6 +82,7 @@ class SQLAlchemy:
         session_options: Mapping[str, t.Any] | None = None,
         track_modifications: bool = False,
         record_queries: bool = False,
+        close_timeout: float = DEFAULT_CLOSE_TIMEOUT,
         metadata: sa.MetaData | None = None,
         model_class: type[t.Any] | None = None,
         disable_autonaming: bool = False,
@@ -84,6 +92,7 @@ class SQLAlchemy:
         self._engine_options = dict(engine_options or {})
         self._track_modifications = track_modifications
         self._record_queries = record_queries
+        self._close_timeout = check_close_timeout(close_timeout, where="close_timeout")
         self._disable_autonaming = disable_autonaming
         self._standalone: State | None = None
         self._app_states: weakref.WeakKeyDictionary[t.Any, State] = (
@@ -208,6 +217,7 @@ class SQLAlchemy:
         track_modifications: bool | None = None,
         record_queries: bool | None = None,
         commit_on_success: bool = False,
+        close_timeout: float | None = None,
     ) -> State:
         """Create the engines of one owner (the standalone ``db`` or one app),
         and a metadata for each of its bind keys."""
@@ -229,6 +239,9 @@ class SQLAlchemy:
                 self._record_queries if record_queries is None else record_queries
             ),
             commit_on_success=commit_on_success,
+            close_timeout=(
+                self._close_timeout if close_timeout is None else close_timeout
+            ),
         )
         aborted_transactions.watch(engines.values())
         if state.record_queries:

@@ -9,7 +9,10 @@ this module imports Quart; the rest of :mod:`async_sa` works without it.
   ``app.add_background_task`` tasks, ``app.test_client()`` and CLI commands
   running under ``async with app.app_context()``. It never commits. A failure
   is logged (and the connection invalidated), never raised, and a handler
-  cancelled by a client disconnect still has its session closed.
+  cancelled by a client disconnect still has its session closed. A database
+  that does not answer within ``SQLALCHEMY_CLOSE_TIMEOUT`` seconds (default 5;
+  ``close_timeout=``) has the connection terminated, so a hung server never
+  holds the request's worker for longer.
 - **Commit on success** (``SQLALCHEMY_COMMIT_ON_SUCCESS = True``): the request's
   session is committed in ``after_request`` when the response status is below
   400. A failed commit turns the response into a 500, so the client never sees
@@ -49,6 +52,7 @@ from werkzeug.exceptions import InternalServerError
 
 from async_sa import engines as _engines
 from async_sa import record_queries
+from async_sa.cleanup import check_close_timeout
 from async_sa.cleanup import run_to_completion
 from async_sa.engines import BindConfig
 from async_sa.engines import BindKey
@@ -121,6 +125,7 @@ def init_app(db: SQLAlchemy, app: quart.Quart) -> None:
         track_modifications=_switch(app, "SQLALCHEMY_TRACK_MODIFICATIONS"),
         record_queries=_switch(app, "SQLALCHEMY_RECORD_QUERIES"),
         commit_on_success=bool(_switch(app, "SQLALCHEMY_COMMIT_ON_SUCCESS")),
+        close_timeout=_close_timeout(app),
     )
     state.not_found = _abort_404
     state.request_args = _request_args
@@ -157,6 +162,14 @@ def _switch(app: quart.Quart, key: str) -> bool | None:
     """A boolean config key, or ``None`` when it is not set."""
     value = app.config.get(key)
     return None if value is None else bool(value)
+
+
+def _close_timeout(app: quart.Quart) -> float | None:
+    """``SQLALCHEMY_CLOSE_TIMEOUT``, or ``None`` when it is not set."""
+    value = app.config.get("SQLALCHEMY_CLOSE_TIMEOUT")
+    if value is None:
+        return None
+    return check_close_timeout(value, where="SQLALCHEMY_CLOSE_TIMEOUT")
 
 
 def _engine_options(
@@ -225,10 +238,11 @@ def _app_state_finder(db: SQLAlchemy) -> t.Callable[[], State | None]:
 async def _remove_session(db: SQLAlchemy, exc: BaseException | None) -> None:
     """Roll back and close the current task's session; log failures, never raise.
 
-    A session whose close fails has its connection invalidated, so the pool
-    gets it back (and discards it) either way. ``exc``, what ended the app
-    context (Quart's teardown argument), changes nothing: uncommitted work is
-    rolled back whether or not the request failed.
+    A session whose close fails, or takes longer than the app's close timeout,
+    has its connection invalidated, so the pool gets it back (and discards it)
+    either way. ``exc``, what ended the app context (Quart's teardown
+    argument), changes nothing: uncommitted work is rolled back whether or not
+    the request failed.
     """
     session = db.session.registry.pop(current_task())
     if session is None:

@@ -12,7 +12,7 @@ from sqlalchemy.sql import visitors
 
 from async_sa import aborted_transactions
 from async_sa import track_modifications
-from async_sa.cleanup import run_to_completion
+from async_sa.cleanup import close_within
 from async_sa.engines import BindKey
 from async_sa.state import State
 
@@ -133,8 +133,13 @@ class AsyncSession(sa_async.AsyncSession):
 
         Cancelling the caller does not interrupt the close (which would leave
         the connection checked out); the cancellation is raised once it is done.
+        A database that does not answer within ``close_timeout`` seconds (see
+        :class:`async_sa.SQLAlchemy`) has the session's connections terminated
+        and invalidated, and the close returns; see :func:`~async_sa.cleanup.
+        close_within`.
         """
-        await run_to_completion(super().close())
+        state = t.cast(Session, self.sync_session)._async_sa_state
+        await close_within(self, super().close(), state.close_timeout)
 
     async def __aexit__(self, type_: t.Any, value: t.Any, traceback: t.Any) -> None:
         try:

@@ -10,6 +10,7 @@ from collections.abc import Mapping
 import sqlalchemy as sa
 import sqlalchemy.ext.asyncio as sa_async
 
+from async_sa.cleanup import DEFAULT_CLOSE_TIMEOUT
 from async_sa.engines import BindKey
 from async_sa.errors import NotFound
 from async_sa.errors import UnknownBindKeyError
@@ -38,6 +39,9 @@ class State:
     track_modifications: bool = False
     record_queries: bool = False
     commit_on_success: bool = False
+    close_timeout: float = DEFAULT_CLOSE_TIMEOUT
+    """Seconds a session's close waits for the database before terminating its
+    connections (see :func:`async_sa.cleanup.close_within`)."""
     sync_engines: dict[BindKey, sa.Engine] = dataclasses.field(init=False)
     routes: dict[t.Any, sa.Engine] = dataclasses.field(default_factory=dict)
     """Engine per mapper and per table, filled as sessions route statements;
