@@ -215,11 +215,11 @@ async def close_within(
         _invalidate(transaction)
         if not run.expired:
             raise
+        # No traceback: it would show the failure the terminate caused.
         logger.warning(
             "closing a session took longer than close_timeout (%s s): its "
             "connections were terminated",
             timeout,
-            exc_info=error,
         )
         if not isinstance(error, Exception):
             raise
@@ -280,7 +280,9 @@ def close_in_background(
 ) -> asyncio.Task[None]:
     """Close the session of a task that ended without closing it.
 
-    Nobody awaits the close, so a failure is logged rather than raised.
+    Nobody awaits the close, so a failure is logged rather than raised. The
+    task cannot be cancelled, but the close is bounded (``close_timeout``), so
+    it ends even when the server hangs.
     """
     return _CleanupTask(_close_logging_failure(session), loop=loop)
 
