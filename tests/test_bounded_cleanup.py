@@ -129,18 +129,31 @@ async def test_remove_gives_up_on_a_hung_server(
     await recovered(db, pg_cluster, application_name)
 
 
-async def test_remove_under_a_timeout_raises_it_once_the_deadline_passed(
+async def test_remove_cancelled_midway_raises_once_the_deadline_passed(
     cluster_db: t.Callable[..., SQLAlchemy],
     pg_cluster: PgCluster,
     application_name: str,
 ) -> None:
-    """A timeout cancelling remove() mid-close still lets the close run, but
-    only until close_timeout; the TimeoutError then arrives."""
+    """A task cancelled during remove() (a timeout, a client hanging up) still
+    lets the close run, but only until close_timeout; the cancellation then
+    arrives."""
     db = cluster_db()
-    await db.session.execute(sa.text("SELECT 1"))
+    queried, frozen = asyncio.Event(), asyncio.Event()
+
+    async def user() -> None:
+        await db.session.execute(sa.text("SELECT 1"))
+        queried.set()
+        await frozen.wait()
+        await db.session.remove()
+
+    task = asyncio.create_task(user())
+    await queried.wait()
     with pg_cluster.frozen(THAW_AFTER), timed() as timer:
-        with pytest.raises(asyncio.TimeoutError):
-            await asyncio.wait_for(db.session.remove(), 0.2)
+        frozen.set()
+        await asyncio.sleep(0.2)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
     assert timer.elapsed < CLOSE_TIMEOUT + MARGIN
     assert checked_out(db) == 0
     await recovered(db, pg_cluster, application_name)
@@ -188,14 +201,15 @@ async def test_orphan_cleanup_gives_up_on_a_hung_server(
     """A task that ended without closing its session has it closed in the
     background within close_timeout: wait_closed() returns."""
     db = cluster_db()
-    frozen = asyncio.Event()
+    queried, frozen = asyncio.Event(), asyncio.Event()
 
     async def forgetful() -> None:
         await db.session.execute(sa.text("SELECT 1"))
+        queried.set()
         await frozen.wait()
 
     task = asyncio.create_task(forgetful())
-    await asyncio.sleep(0.5)
+    await queried.wait()
     assert checked_out(db) == 1
     with pg_cluster.frozen(THAW_AFTER), timed() as timer:
         frozen.set()
@@ -227,6 +241,24 @@ async def test_every_bind_of_the_session_is_given_back(
         )
         == 2
     )
+    await recovered(db, pg_cluster, application_name)
+
+
+async def test_a_server_answering_before_the_deadline_keeps_its_connection(
+    cluster_db: t.Callable[..., SQLAlchemy],
+    pg_cluster: PgCluster,
+    application_name: str,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A close waits for a slow server up to the deadline: the connection that
+    answered in time goes back to the pool and is used again."""
+    db = cluster_db(close_timeout=10.0)
+    backend_pid = await db.session.scalar(sa.text("SELECT pg_backend_pid()"))
+    with pg_cluster.frozen(thaw_after=0.5), timed() as timer:
+        await db.session.remove()
+    assert 0.5 <= timer.elapsed < 10.0
+    assert "close_timeout" not in caplog.text
+    assert await db.session.scalar(sa.text("SELECT pg_backend_pid()")) == backend_pid
     await recovered(db, pg_cluster, application_name)
 
 
