@@ -259,7 +259,8 @@ async def test_a_server_answering_before_the_deadline_keeps_its_connection(
     backend_pid = await db.session.scalar(sa.text("SELECT pg_backend_pid()"))
     with pg_cluster.frozen(thaw_after=0.5), timed() as timer:
         await db.session.remove()
-    assert 0.5 <= timer.elapsed < 10.0
+    # The thaw timer starts just before the measured block.
+    assert 0.4 <= timer.elapsed < 10.0
     assert "close_timeout" not in caplog.text
     assert await db.session.scalar(sa.text("SELECT pg_backend_pid()")) == backend_pid
     await recovered(db, pg_cluster, application_name)
