@@ -32,7 +32,7 @@ from tests.conftest import REQUIRE_POSTGRES
 
 PORTS = range(55410, 55420)
 """Loopback ports the clusters may use; one free one is picked."""
-NAME_PREFIX = "async_sa_h2_"
+NAME_PREFIX = "async_sa_fault_"
 _TOOLS = ("pg_createcluster", "pg_ctlcluster", "pg_dropcluster", "pg_conftool")
 
 
