@@ -25,7 +25,7 @@ OLDEST_SQLALCHEMY = "2.0.53"
 @nox.session
 def tests(session: nox.Session) -> None:
     """The test suite on SQLite and PostgreSQL, with the newest dependencies."""
-    session.install("-e", ".[postgresql,quart]", *group("tests"))
+    session.install("-e", ".[postgresql,quart,migrations]", *group("tests"))
     session.run("pytest", *session.posargs)
 
 
@@ -52,7 +52,7 @@ def lint(session: nox.Session) -> None:
 @nox.session
 def typing(session: nox.Session) -> None:
     """mypy --strict over the package, tests, examples and benchmarks."""
-    session.install("-e", ".[postgresql,quart]", *group("typing"))
+    session.install("-e", ".[postgresql,quart,migrations]", *group("typing"))
     session.run("mypy")
 
 

@@ -20,6 +20,8 @@ this module imports Quart; the rest of :mod:`async_sa` works without it.
   once the data is stored is logged and the response kept.
 - **Serving**: the app's engines are disposed ``after_serving``.
 - **Shell**: ``quart shell`` has ``db`` and every model.
+- **Migrations**: ``quart db ...`` (see :mod:`async_sa.cli`), unless the app
+  already has a ``db`` command.
 - **Signals**: the sender of :mod:`async_sa.signals` is the app.
 
 Streamed responses: Quart tears the app context down *before* the body is
@@ -150,6 +152,11 @@ def init_app(db: SQLAlchemy, app: quart.Quart) -> None:
             for mapper in db.Model.registry.mappers
         }
         return {**models, "db": db}
+
+    if "db" not in app.cli.commands:
+        from async_sa.cli import quart_command
+
+        app.cli.add_command(quart_command(app))
 
     if state.commit_on_success:
 

@@ -1,0 +1,167 @@
+"""A temporary project with two binds, for running the real ``db`` commands.
+
+The models live in ``models.py`` in the project's directory: a default bind
+(``Note``) and a ``users`` bind (``User``). On PostgreSQL each bind is a schema
+of its own, made for the test and dropped after it (``search_path``), so each
+keeps its own ``alembic_version`` as separate databases would.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import subprocess
+import sys
+import typing as t
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import sqlalchemy as sa
+
+from async_sa import SQLAlchemy
+from async_sa.migrations import init
+from tests.conftest import asyncpg_dsn
+from tests.conftest import POSTGRES_URL
+from tests.conftest import require_postgres
+
+MODELS = """\
+import sqlalchemy as sa
+from sqlalchemy.orm import Mapped
+from sqlalchemy.orm import mapped_column
+
+from async_sa import SQLAlchemy
+
+BINDS = {binds!r}
+db = SQLAlchemy({arguments})
+
+
+class Note(db.Model):
+    id: Mapped[int] = mapped_column(primary_key=True)
+    text: Mapped[str] = mapped_column(sa.String(100))
+{note_extra}
+
+class User(db.Model):
+    __bind_key__ = "users"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(sa.String(50), server_default="anonymous")
+{user_extra}
+"""
+NOTE_TITLE = "    title: Mapped[str | None] = mapped_column(sa.String(200))"
+USER_EMAIL = "    email: Mapped[str | None] = mapped_column(sa.String(200))"
+
+
+@dataclasses.dataclass
+class Project:
+    """A project directory, the binds its models use, and a way to run commands."""
+
+    path: Path
+    binds: dict[str | None, dict[str, t.Any]]
+    backend: str
+    standalone: bool = True
+    """The models' ``db`` has the binds; else it waits for ``init_app``."""
+
+    def write_models(
+        self,
+        *,
+        columns_added: bool = False,
+        binds: dict[str | None, dict[str, t.Any]] | None = None,
+    ) -> None:
+        """(Re)write ``models.py``; ``columns_added`` adds a column in each bind."""
+        text = MODELS.format(
+            binds=self.binds if binds is None else binds,
+            arguments="binds=BINDS" if self.standalone else "",
+            note_extra=NOTE_TITLE if columns_added else "",
+            user_extra=USER_EMAIL if columns_added else "",
+        )
+        (self.path / "models.py").write_text(text)
+
+    def run(self, *args: str, ok: bool = True) -> subprocess.CompletedProcess[str]:
+        """Run ``args`` (a command line) in the project; ``ok``: it must succeed,
+        else it must fail. Either way no traceback may be printed."""
+        env = {
+            **os.environ,
+            "PYTHONPATH": os.pathsep.join(
+                [str(self.path), *filter(None, [os.environ.get("PYTHONPATH")])]
+            ),
+        }
+        result = subprocess.run(
+            args,
+            cwd=self.path,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        shown = f"{args}\nstdout:\n{result.stdout}\nstderr:\n{result.stderr}"
+        assert (result.returncode == 0) == ok, shown
+        assert "Traceback" not in result.stderr, shown
+        return result
+
+    def db(self, *args: str, ok: bool = True) -> subprocess.CompletedProcess[str]:
+        """``python -m async_sa db --db models:db ARGS``."""
+        return self.run(
+            sys.executable, "-m", "async_sa", "db", "--db", "models:db", *args, ok=ok
+        )
+
+    def init(self) -> None:
+        """``db init``, in this process: tests of other commands start here."""
+        init(str(self.path / "migrations"))
+
+    def revisions(self) -> list[Path]:
+        return sorted((self.path / "migrations" / "versions").glob("*.py"))
+
+    async def columns(self) -> dict[str | None, dict[str, set[str]]]:
+        """Bind key → table → column names, as the databases have them now."""
+        db = SQLAlchemy(binds=self.binds)
+        try:
+            found: dict[str | None, dict[str, set[str]]] = {}
+            for key, engine in db.engines.items():
+                async with engine.connect() as connection:
+                    found[key] = await connection.run_sync(_columns)
+            return found
+        finally:
+            await db.dispose()
+
+
+def _columns(connection: sa.Connection) -> dict[str, set[str]]:
+    inspector = sa.inspect(connection)
+    return {
+        table: {column["name"] for column in inspector.get_columns(table)}
+        for table in inspector.get_table_names()
+    }
+
+
+async def make_project(backend: str, path: Path) -> AsyncIterator[Project]:
+    """A project on ``backend`` (``sqlite_file`` or ``postgresql``) in ``path``."""
+    if backend == "sqlite_file":
+        binds: dict[str | None, dict[str, t.Any]] = {
+            None: {"url": f"sqlite:///{path / 'main.db'}"},
+            "users": {"url": f"sqlite:///{path / 'users.db'}"},
+        }
+        project = Project(path, binds, backend)
+        project.write_models()
+        yield project
+        return
+    require_postgres()
+    import asyncpg
+
+    schemas = {key: f"async_sa_mig_{uuid.uuid4().hex[:12]}" for key in (None, "users")}
+    binds = {
+        key: {
+            "url": POSTGRES_URL,
+            "connect_args": {"server_settings": {"search_path": schema}},
+        }
+        for key, schema in schemas.items()
+    }
+    connection = await asyncpg.connect(asyncpg_dsn(POSTGRES_URL))
+    try:
+        for schema in schemas.values():
+            await connection.execute(f'CREATE SCHEMA "{schema}"')
+        project = Project(path, binds, backend)
+        project.write_models()
+        yield project
+    finally:
+        for schema in schemas.values():
+            await connection.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+        await connection.close()

@@ -1,0 +1,252 @@
+"""Migrations across binds: the real ``python -m async_sa db`` in a temporary project.
+
+Each command runs in a subprocess, as a user would run it, on SQLite files and
+on PostgreSQL (a schema per bind).
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+import async_sa
+from tests.migration_project import make_project
+from tests.migration_project import Project
+
+EMPTY = {
+    None: {"alembic_version": {"version_num"}},
+    "users": {"alembic_version": {"version_num"}},
+}
+"""Both databases after autogenerate: an (empty) version table, nothing else."""
+
+
+@pytest.fixture(params=["sqlite_file", "postgresql"])
+async def project(
+    request: pytest.FixtureRequest, tmp_path: Path
+) -> AsyncIterator[Project]:
+    """A project with two binds, on each backend."""
+    async for made in make_project(request.param, tmp_path):
+        yield made
+
+
+@pytest.fixture
+async def sqlite_project(tmp_path: Path) -> AsyncIterator[Project]:
+    """A project with two binds on SQLite files, for failures that do not
+    depend on the database."""
+    async for made in make_project("sqlite_file", tmp_path):
+        yield made
+
+
+async def test_init_migrate_upgrade_check_downgrade_cover_both_binds(
+    project: Project,
+) -> None:
+    """One revision carries both binds; upgrade and downgrade apply it to both
+    databases, each recording its own version; check follows the models, and
+    migrate writes nothing when no bind changed."""
+    project.db("init")
+    for name in ("env.py", "script.py.mako", "alembic.ini", "versions"):
+        assert (project.path / "migrations" / name).exists()
+
+    project.db("migrate", "-m", "first")
+    (first,) = project.revisions()
+    source = first.read_text()
+    assert "def upgrade_()" in source and "def upgrade_users()" in source
+    project.db("upgrade")
+    columns = await project.columns()
+    assert columns[None]["note"] == {"id", "text"}
+    assert columns["users"]["user"] == {"id", "name"}
+    assert "alembic_version" in columns[None] and "alembic_version" in columns["users"]
+    assert "user" not in columns[None] and "note" not in columns["users"]
+    project.db("check")
+
+    project.write_models(columns_added=True)
+    failed = project.db("check", ok=False)
+    assert "the default bind: add_column note.title" in failed.stderr
+    assert "bind 'users': add_column user.email" in failed.stderr
+    project.db("migrate", "-m", "columns")
+    assert len(project.revisions()) == 2
+    project.db("upgrade")
+    columns = await project.columns()
+    assert columns[None]["note"] == {"id", "text", "title"}
+    assert columns["users"]["user"] == {"id", "name", "email"}
+    project.db("migrate", "-m", "nothing")
+    assert len(project.revisions()) == 2, "a revision without changes was written"
+
+    project.db("downgrade")
+    columns = await project.columns()
+    assert columns[None]["note"] == {"id", "text"}
+    assert columns["users"]["user"] == {"id", "name"}
+    first_revision = first.name.partition("_")[0]
+    current = project.db("current").stdout
+    assert current.count(first_revision) == 2, current
+
+
+async def test_upgrade_sql_prints_each_binds_ddl_without_touching_them(
+    project: Project,
+) -> None:
+    """--sql prints every bind's script, each after a comment naming the bind,
+    and leaves the databases empty."""
+    project.init()
+    project.db("migrate", "-m", "first")
+    script = project.db("upgrade", "--sql").stdout
+    default, _, users = script.partition("-- bind 'users'")
+    assert script.startswith("-- the default bind")
+    assert "CREATE TABLE note" in default and "CREATE TABLE user" not in default
+    assert 'CREATE TABLE "user"' in users or "CREATE TABLE user" in users
+    assert "alembic_version" in default and "alembic_version" in users
+    assert await project.columns() == EMPTY
+
+
+async def test_check_and_migrate_fail_on_a_database_behind_the_head(
+    sqlite_project: Project,
+) -> None:
+    """Comparing the models with a database that misses revisions is refused,
+    saying which bind and what to run."""
+    sqlite_project.init()
+    sqlite_project.db("migrate", "-m", "first")
+    for command in ("check", "migrate"):
+        failed = sqlite_project.db(command, ok=False)
+        assert (
+            "The database of the default bind is at no revision, behind the head"
+            in (failed.stderr)
+        )
+        assert "run `db upgrade` first" in failed.stderr
+    assert len(sqlite_project.revisions()) == 1
+
+
+async def test_binds_of_the_migrations_and_of_the_config_must_match(
+    sqlite_project: Project,
+) -> None:
+    """A bind the migrations have but the config lacks, and the reverse, stop
+    the command before any database is touched, naming the bind."""
+    project = sqlite_project
+    project.init()
+    project.db("migrate", "-m", "first")
+
+    project.write_models(binds={None: project.binds[None]})
+    failed = project.db("upgrade", ok=False)
+    assert "The migrations have bind 'users'" in failed.stderr
+    assert "no engine is configured for it" in failed.stderr
+
+    archive = {"url": f"sqlite:///{project.path / 'archive.db'}"}
+    project.write_models(binds={**project.binds, "archive": archive})
+    failed = project.db("upgrade", ok=False)
+    assert "Bind 'archive' is configured, but the migrations do not cover it" in (
+        failed.stderr
+    )
+    assert await project.columns() == EMPTY
+
+
+async def test_upgrade_failing_on_the_second_bind_says_which_binds_were_upgraded(
+    project: Project,
+) -> None:
+    """The first bind is upgraded and says so; the failed bind records no new
+    version (and, on PostgreSQL, whose DDL is transactional, keeps no part of
+    the revision)."""
+    project.init()
+    project.db("revision", "-m", "manual")
+    (revision,) = project.revisions()
+    source = revision.read_text()
+    log = "op.create_table('log', sa.Column('id', sa.Integer, primary_key=True))"
+    audit = "op.create_table('audit', sa.Column('id', sa.Integer, primary_key=True))"
+    source = source.replace(
+        "def upgrade_() -> None:\n    pass", f"def upgrade_() -> None:\n    {log}"
+    ).replace(
+        "def upgrade_users() -> None:\n    pass",
+        f"def upgrade_users() -> None:\n    {audit}\n"
+        "    op.execute('SELECT * FROM no_such_table')",
+    )
+    revision.write_text(source)
+
+    failed = project.db("upgrade", ok=False)
+    assert "upgrade failed on bind 'users'" in failed.stderr
+    assert "no_such_table" in failed.stderr
+    assert (
+        "Already upgraded (each database records its own version): "
+        "the default bind." in failed.stderr
+    )
+    assert "Not upgraded: bind 'users'." in failed.stderr
+    current = project.db("current").stdout
+    revision_id = revision.name.partition("_")[0]
+    assert current.count(revision_id) == 1, current
+    columns = await project.columns()
+    assert "log" in columns[None]
+    if project.backend == "postgresql":
+        assert "audit" not in columns["users"]
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        ("no_such_module:db", "no module named 'no_such_module'"),
+        ("models:missing", "module 'models' has no attribute 'missing'"),
+        ("models:Note", "is <class 'models.Note'>, not a SQLAlchemy object"),
+        ("models", "is not MODULE:NAME"),
+    ],
+)
+async def test_db_option_naming_no_database_is_an_error(
+    sqlite_project: Project, spec: str, message: str
+) -> None:
+    """--db must name a SQLAlchemy object, a Quart app or an app factory."""
+    failed = sqlite_project.run(
+        sys.executable, "-m", "async_sa", "db", "--db", spec, "upgrade", ok=False
+    )
+    assert message in failed.stderr
+
+
+async def test_missing_migrations_directory_says_to_run_init(
+    sqlite_project: Project,
+) -> None:
+    """Every command but init needs the directory, and says how to make it."""
+    failed = sqlite_project.db("upgrade", ok=False)
+    assert "No migrations directory at 'migrations'" in failed.stderr
+    assert "run `db init` first" in failed.stderr
+
+
+def test_core_imports_neither_alembic_nor_click(tmp_path: Path) -> None:
+    """alembic and click are optional: `import async_sa` loads neither."""
+    code = (
+        "import sys, async_sa; "
+        "print(sorted(m for m in ('alembic', 'click', 'mako') if m in sys.modules))"
+    )
+    result = Project(tmp_path, {}, "none").run(sys.executable, "-c", code)
+    assert result.stdout.strip() == "[]"
+
+
+def test_every_command_has_help() -> None:
+    """Each command of SPEC §11 answers --help with what it does."""
+    from click.testing import CliRunner
+
+    from async_sa.cli import COMMANDS
+    from async_sa.cli import main
+
+    names = {command.name for command in COMMANDS}
+    assert names == {
+        "init",
+        "migrate",
+        "revision",
+        "upgrade",
+        "downgrade",
+        "current",
+        "history",
+        "heads",
+        "stamp",
+        "check",
+    }
+    runner = CliRunner()
+    for command in COMMANDS:
+        assert command.name is not None and command.help
+        result = runner.invoke(main, ["db", command.name, "--help"])
+        assert result.exit_code == 0, result.output
+        assert command.help.split()[0] in result.output
+        assert "-d, --directory" in result.output
+
+
+def test_templates_ship_with_the_package() -> None:
+    """The templates init copies are files of the installed package."""
+    templates = Path(async_sa.__file__).parent / "migrations" / "templates"
+    names = {path.name for path in (templates / "async_sa").iterdir()}
+    assert {"env.py", "script.py.mako", "alembic.ini.mako", "README"} <= names
