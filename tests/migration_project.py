@@ -123,6 +123,19 @@ class Project:
         finally:
             await db.dispose()
 
+    async def versions(self) -> dict[str | None, list[str]]:
+        """Bind key → the revisions its ``alembic_version`` records."""
+        db = SQLAlchemy(binds=self.binds)
+        query = sa.text("SELECT version_num FROM alembic_version")
+        try:
+            found: dict[str | None, list[str]] = {}
+            for key, engine in db.engines.items():
+                async with engine.connect() as connection:
+                    found[key] = list((await connection.scalars(query)).all())
+            return found
+        finally:
+            await db.dispose()
+
 
 def _columns(connection: sa.Connection) -> dict[str, set[str]]:
     inspector = sa.inspect(connection)
@@ -132,20 +145,26 @@ def _columns(connection: sa.Connection) -> dict[str, set[str]]:
     }
 
 
+def sqlite_project_at(path: Path) -> Project:
+    """A project on two SQLite files in ``path``."""
+    binds: dict[str | None, dict[str, t.Any]] = {
+        None: {"url": f"sqlite:///{path / 'main.db'}"},
+        "users": {"url": f"sqlite:///{path / 'users.db'}"},
+    }
+    project = Project(path, binds, "sqlite_file")
+    project.write_models()
+    return project
+
+
 async def make_project(backend: str, path: Path) -> AsyncIterator[Project]:
     """A project on ``backend`` (``sqlite_file`` or ``postgresql``) in ``path``."""
     if backend == "sqlite_file":
-        binds: dict[str | None, dict[str, t.Any]] = {
-            None: {"url": f"sqlite:///{path / 'main.db'}"},
-            "users": {"url": f"sqlite:///{path / 'users.db'}"},
-        }
-        project = Project(path, binds, backend)
-        project.write_models()
-        yield project
+        yield sqlite_project_at(path)
         return
     require_postgres()
     import asyncpg
 
+    binds: dict[str | None, dict[str, t.Any]]
     schemas = {key: f"async_sa_mig_{uuid.uuid4().hex[:12]}" for key in (None, "users")}
     binds = {
         key: {

@@ -8,13 +8,19 @@ from __future__ import annotations
 
 import sys
 from collections.abc import AsyncIterator
+from collections.abc import Callable
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from click.testing import CliRunner
+from click.testing import Result
 
 import async_sa
+from async_sa.cli import main
 from tests.migration_project import make_project
 from tests.migration_project import Project
+from tests.migration_project import sqlite_project_at
 
 EMPTY = {
     None: {"alembic_version": {"version_num"}},
@@ -84,11 +90,12 @@ async def test_init_migrate_upgrade_check_downgrade_cover_both_binds(
     assert current.count(first_revision) == 2, current
 
 
-async def test_upgrade_sql_prints_each_binds_ddl_without_touching_them(
+async def test_upgrade_sql_prints_each_binds_ddl_and_stamp_only_records(
     project: Project,
 ) -> None:
     """--sql prints every bind's script, each after a comment naming the bind,
-    and leaves the databases empty."""
+    and leaves the databases empty; stamp records the head in each database
+    without creating tables."""
     project.init()
     project.db("migrate", "-m", "first")
     script = project.db("upgrade", "--sql").stdout
@@ -97,6 +104,12 @@ async def test_upgrade_sql_prints_each_binds_ddl_without_touching_them(
     assert "CREATE TABLE note" in default and "CREATE TABLE user" not in default
     assert 'CREATE TABLE "user"' in users or "CREATE TABLE user" in users
     assert "alembic_version" in default and "alembic_version" in users
+    assert await project.columns() == EMPTY
+
+    project.db("stamp", "head")
+    (revision,) = project.revisions()
+    head = revision.name.partition("_")[0]
+    assert await project.versions() == {None: [head], "users": [head]}
     assert await project.columns() == EMPTY
 
 
@@ -178,6 +191,27 @@ async def test_upgrade_failing_on_the_second_bind_says_which_binds_were_upgraded
         assert "audit" not in columns["users"]
 
 
+@pytest.fixture
+def in_process(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[Callable[..., Result]]:
+    """Run ``python -m async_sa db ARGS`` in this process, in a SQLite project,
+    for commands that never reach env.py (no logging set up, no event loop)."""
+    sqlite_project_at(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    sys.modules.pop("models", None)
+
+    def run(*args: str, ok: bool = True) -> Result:
+        result = CliRunner().invoke(main, ["db", *args])
+        assert (result.exit_code == 0) == ok, result.output
+        assert result.exception is None or isinstance(result.exception, SystemExit)
+        return result
+
+    yield run
+    sys.modules.pop("models", None)
+
+
 @pytest.mark.parametrize(
     ("spec", "message"),
     [
@@ -187,23 +221,40 @@ async def test_upgrade_failing_on_the_second_bind_says_which_binds_were_upgraded
         ("models", "is not MODULE:NAME"),
     ],
 )
-async def test_db_option_naming_no_database_is_an_error(
-    sqlite_project: Project, spec: str, message: str
+def test_db_option_naming_no_database_is_an_error(
+    in_process: Callable[..., Result], spec: str, message: str
 ) -> None:
     """--db must name a SQLAlchemy object, a Quart app or an app factory."""
-    failed = sqlite_project.run(
-        sys.executable, "-m", "async_sa", "db", "--db", spec, "upgrade", ok=False
-    )
-    assert message in failed.stderr
+    failed = in_process("--db", spec, "upgrade", ok=False)
+    assert message in failed.output
 
 
-async def test_missing_migrations_directory_says_to_run_init(
-    sqlite_project: Project,
+def test_missing_migrations_directory_says_to_run_init(
+    in_process: Callable[..., Result],
 ) -> None:
     """Every command but init needs the directory, and says how to make it."""
-    failed = sqlite_project.db("upgrade", ok=False)
-    assert "No migrations directory at 'migrations'" in failed.stderr
-    assert "run `db init` first" in failed.stderr
+    failed = in_process("--db", "models:db", "upgrade", ok=False)
+    assert "No migrations directory at 'migrations'" in failed.output
+    assert "run `db init` first" in failed.output
+
+
+def test_revision_history_and_heads(in_process: Callable[..., Result]) -> None:
+    """revision writes a function pair per bind; history and heads list it."""
+    in_process("init")
+    in_process("--db", "models:db", "revision", "-m", "one")
+    in_process("--db", "models:db", "revision", "-m", "two")
+    one, two = (
+        path.read_text() for path in sorted(Path("migrations/versions").glob("*.py"))
+    )
+    first = one.split("revision = ")[1].split("\n")[0].strip("'")
+    second = two.split("revision = ")[1].split("\n")[0].strip("'")
+    if f"down_revision = '{first}'" not in two:
+        first, second = second, first
+    heads = in_process("--db", "models:db", "heads").output
+    assert heads.strip() == f"{second} (head)"
+    history = in_process("--db", "models:db", "history").output
+    assert f"{first} -> {second} (head), two" in history
+    assert f"<base> -> {first}, one" in history
 
 
 def test_core_imports_neither_alembic_nor_click(tmp_path: Path) -> None:
@@ -218,10 +269,7 @@ def test_core_imports_neither_alembic_nor_click(tmp_path: Path) -> None:
 
 def test_every_command_has_help() -> None:
     """Each command of SPEC §11 answers --help with what it does."""
-    from click.testing import CliRunner
-
     from async_sa.cli import COMMANDS
-    from async_sa.cli import main
 
     names = {command.name for command in COMMANDS}
     assert names == {

@@ -16,6 +16,7 @@ import contextlib
 import dataclasses
 import importlib
 import logging
+import sys
 import types
 import typing as t
 from collections.abc import AsyncIterator
@@ -184,7 +185,7 @@ def revision_bind_names(config: Config) -> list[str]:
 
 def init(directory: str) -> None:
     """Create the migrations ``directory`` from the async_sa template."""
-    config = _AsyncSaConfig(str(Path(directory) / "alembic.ini"))
+    config = _AsyncSaConfig(str(Path(directory) / "alembic.ini"), stdout=sys.stdout)
     command.init(config, directory, template="async_sa")
 
 
@@ -285,7 +286,8 @@ def _config(target: Target, directory: str, command_name: str) -> Config:
             "`db init` first, or pass -d/--directory."
         )
     ini = path / "alembic.ini"
-    config = _AsyncSaConfig(str(ini) if ini.is_file() else None)
+    # sys.stdout now, not Alembic's default (sys.stdout when it was imported).
+    config = _AsyncSaConfig(str(ini) if ini.is_file() else None, stdout=sys.stdout)
     config.set_main_option("script_location", str(path).replace("%", "%%"))
     config.attributes[_TARGET] = target
     config.attributes[_COMMAND] = command_name
