@@ -39,7 +39,7 @@ def _run(name: str, *args: t.Any, needs_target: bool = True) -> None:
 
         from async_sa import migrations
     except ImportError as error:
-        if error.name not in ("alembic", "mako"):
+        if (error.name or "").partition(".")[0] not in ("alembic", "mako"):
             raise
         raise click.ClickException(
             "The db commands need Alembic: pip install 'async_sa[migrations]'."

@@ -257,6 +257,15 @@ def test_revision_history_and_heads(in_process: Callable[..., Result]) -> None:
     assert f"<base> -> {first}, one" in history
 
 
+def test_without_alembic_the_commands_say_what_to_install(
+    in_process: Callable[..., Result], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The db commands need the migrations extra, and say so."""
+    monkeypatch.setitem(sys.modules, "alembic.util", None)
+    failed = in_process("--db", "models:db", "upgrade", ok=False)
+    assert "pip install 'async_sa[migrations]'" in failed.output
+
+
 def test_core_imports_neither_alembic_nor_click(tmp_path: Path) -> None:
     """alembic and click are optional: `import async_sa` loads neither."""
     code = (

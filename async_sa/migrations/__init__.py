@@ -11,6 +11,7 @@ commands (:func:`upgrade`, :func:`migrate`, ...) are what ``quart db ...`` and
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
 import dataclasses
@@ -185,8 +186,18 @@ def revision_bind_names(config: Config) -> list[str]:
 
 def init(directory: str) -> None:
     """Create the migrations ``directory`` from the async_sa template."""
-    config = _AsyncSaConfig(str(Path(directory) / "alembic.ini"), stdout=sys.stdout)
+    # Quiet: Alembic would ask to edit alembic.ini for URLs it does not need.
+    config = _AsyncSaConfig(
+        str(Path(directory) / "alembic.ini"),
+        stdout=sys.stdout,
+        cmd_opts=argparse.Namespace(quiet=True),
+    )
     command.init(config, directory, template="async_sa")
+    print(
+        f"Created {directory}/ (env.py, alembic.ini, script.py.mako, versions/) "
+        "for every bind.\nNext: `db migrate -m MESSAGE` writes a revision from "
+        "the models, `db upgrade` applies it."
+    )
 
 
 def migrate(target: Target, directory: str, message: str | None) -> None:
