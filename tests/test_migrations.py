@@ -133,8 +133,9 @@ async def test_check_and_migrate_fail_on_a_database_behind_the_head(
 async def test_binds_of_the_migrations_and_of_the_config_must_match(
     sqlite_project: Project,
 ) -> None:
-    """A bind the migrations have but the config lacks, and the reverse, stop
-    the command before any database is touched, naming the bind."""
+    """A bind the migrations have but the config lacks, the reverse, and two
+    binds on one database stop the command before any database is changed,
+    naming the binds."""
     project = sqlite_project
     project.init()
     project.db("migrate", "-m", "first")
@@ -143,6 +144,12 @@ async def test_binds_of_the_migrations_and_of_the_config_must_match(
     failed = project.db("upgrade", ok=False)
     assert "The migrations have bind 'users'" in failed.stderr
     assert "no engine is configured for it" in failed.stderr
+
+    project.write_models(
+        binds={None: project.binds[None], "users": project.binds[None]}
+    )
+    failed = project.db("upgrade", ok=False)
+    assert "The default bind and bind 'users' are the same database" in failed.stderr
 
     archive = {"url": f"sqlite:///{project.path / 'archive.db'}"}
     project.write_models(binds={**project.binds, "archive": archive})

@@ -441,6 +441,17 @@ async def _run_online(
     done: list[str] = []
     try:
         async with _app_context(target.app):
+            databases: dict[tuple[str, ...], str] = {}
+            for name, engine in binds.items():
+                try:
+                    database = await _database_of(engine)
+                except Exception as error:
+                    raise MigrationError(
+                        _failure(command_name, name, error, done, list(binds))
+                    ) from error
+                if database in databases:
+                    raise MigrationError(_shared(databases[database], name, database))
+                databases[database] = name
             for name, engine in binds.items():
                 logger.info("Migrating %s", _label(name))
                 if command_name == "current":
@@ -458,6 +469,39 @@ async def _run_online(
     finally:
         for engine in target.engines.values():
             await engine.dispose()
+
+
+async def _database_of(engine: sa_async.AsyncEngine) -> tuple[str, ...]:
+    """What tells databases apart: the SQLite file, the PostgreSQL database
+    and schema, the MySQL database (with the server's address), else the URL."""
+    url = engine.url
+    async with engine.connect() as connection:
+        dialect = connection.dialect.name
+        if dialect == "sqlite":
+            result = await connection.exec_driver_sql("PRAGMA database_list")
+            files = {row["name"]: row["file"] for row in result.mappings()}
+            path = files.get("main", "")
+            # Each in-memory database is one of a kind.
+            return (dialect, path or f"memory {id(engine)}")
+        if dialect == "postgresql":
+            query = "SELECT current_database(), current_schema()"
+        elif dialect in ("mysql", "mariadb"):
+            query = "SELECT DATABASE()"
+        else:
+            return (dialect, redact(url))
+        row = (await connection.exec_driver_sql(query)).one()
+        return (dialect, url.host or "", str(url.port or ""), *map(str, row))
+
+
+def _shared(first: str, second: str, database: tuple[str, ...]) -> str:
+    where = " ".join(part for part in database[1:] if part)
+    return (
+        f"{_label(first).capitalize()} and {_label(second)} are the same database "
+        f"({where}): migrations need a database (or PostgreSQL schema) per bind, "
+        "as each database records its own revision in alembic_version and "
+        "autogenerate compares the whole database with that bind's models. "
+        f"Point {_label(second)} at a database of its own."
+    )
 
 
 @contextlib.asynccontextmanager
