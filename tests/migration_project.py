@@ -38,13 +38,13 @@ db = SQLAlchemy({arguments})
 
 class Note(db.Model):
     id: Mapped[int] = mapped_column(primary_key=True)
-    text: Mapped[str] = mapped_column(sa.String(100))
+    text: Mapped[str] = mapped_column(sa.String({text_length}))
 {note_extra}
 
 class User(db.Model):
     __bind_key__ = "users"
     id: Mapped[int] = mapped_column(primary_key=True)
-    name: Mapped[str] = mapped_column(sa.String(50), server_default="anonymous")
+    name: Mapped[str] = mapped_column(sa.String(50), server_default="{name_default}")
 {user_extra}
 """
 NOTE_TITLE = "    title: Mapped[str | None] = mapped_column(sa.String(200))"
@@ -65,14 +65,22 @@ class Project:
         self,
         *,
         columns_added: bool = False,
+        types_changed: bool = False,
         binds: dict[str | None, dict[str, t.Any]] | None = None,
     ) -> None:
-        """(Re)write ``models.py``; ``columns_added`` adds a column in each bind."""
+        """(Re)write ``models.py``.
+
+        :param columns_added: add a column to the model of each bind.
+        :param types_changed: widen ``Note.text`` (default bind) and change the
+            server default of ``User.name`` (``users``).
+        """
         text = MODELS.format(
             binds=self.binds if binds is None else binds,
             arguments="binds=BINDS" if self.standalone else "",
             note_extra=NOTE_TITLE if columns_added else "",
             user_extra=USER_EMAIL if columns_added else "",
+            text_length=200 if types_changed else 100,
+            name_default="nobody" if types_changed else "anonymous",
         )
         (self.path / "models.py").write_text(text)
 

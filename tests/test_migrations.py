@@ -50,8 +50,9 @@ async def test_init_migrate_upgrade_check_downgrade_cover_both_binds(
     project: Project,
 ) -> None:
     """One revision carries both binds; upgrade and downgrade apply it to both
-    databases, each recording its own version; check follows the models, and
-    migrate writes nothing when no bind changed."""
+    databases, each recording its own version; check and migrate see added
+    columns, changed types and changed server defaults, and migrate writes
+    nothing when no bind changed."""
     project.db("init")
     for name in ("env.py", "script.py.mako", "alembic.ini", "versions"):
         assert (project.path / "migrations" / name).exists()
@@ -68,10 +69,12 @@ async def test_init_migrate_upgrade_check_downgrade_cover_both_binds(
     assert "user" not in columns[None] and "note" not in columns["users"]
     project.db("check")
 
-    project.write_models(columns_added=True)
+    project.write_models(columns_added=True, types_changed=True)
     failed = project.db("check", ok=False)
     assert "the default bind: add_column note.title" in failed.stderr
+    assert "modify_type note.text" in failed.stderr
     assert "bind 'users': add_column user.email" in failed.stderr
+    assert "modify_default user.name" in failed.stderr
     project.db("migrate", "-m", "columns")
     assert len(project.revisions()) == 2
     project.db("upgrade")
