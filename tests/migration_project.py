@@ -86,9 +86,11 @@ class Project:
 
     def run(self, *args: str, ok: bool = True) -> subprocess.CompletedProcess[str]:
         """Run ``args`` (a command line) in the project; ``ok``: it must succeed,
-        else it must fail. Either way no traceback may be printed."""
+        else it must fail. Either way no traceback and no leaked resource may be
+        reported."""
         env = {
             **os.environ,
+            "PYTHONWARNINGS": "always::ResourceWarning",
             "PYTHONPATH": os.pathsep.join(
                 [str(self.path), *filter(None, [os.environ.get("PYTHONPATH")])]
             ),
@@ -104,6 +106,8 @@ class Project:
         shown = f"{args}\nstdout:\n{result.stdout}\nstderr:\n{result.stderr}"
         assert (result.returncode == 0) == ok, shown
         assert "Traceback" not in result.stderr, shown
+        assert "ResourceWarning" not in result.stderr, shown
+        assert "Exception ignored" not in result.stderr, shown
         return result
 
     def db(self, *args: str, ok: bool = True) -> subprocess.CompletedProcess[str]:
