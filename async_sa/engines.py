@@ -15,6 +15,7 @@ from collections.abc import Mapping
 
 import sqlalchemy as sa
 import sqlalchemy.ext.asyncio as sa_async
+from sqlalchemy.engine.default import DefaultDialect
 from sqlalchemy.pool import AsyncAdaptedQueuePool
 
 from async_sa import event_loops
@@ -177,11 +178,20 @@ def create_engine(options: Mapping[str, t.Any]) -> sa_async.AsyncEngine:
     """Create one engine from resolved options (see :func:`resolve_engine_options`).
 
     Its connections are tied to the event loop that opened them (see
-    :mod:`async_sa.event_loops`), and a shared in-memory SQLite database is kept
-    alive for as long as the engine exists.
+    :mod:`async_sa.event_loops`): where the pool would be SQLAlchemy's default
+    :class:`AsyncAdaptedQueuePool`, it is a :class:`~async_sa.event_loops.LoopPool`
+    (the same, per event loop). A shared in-memory SQLite database is kept alive
+    for as long as the engine exists.
     """
     options = dict(options)
     url: sa.URL = options.pop("url")
+    if "pool" not in options:
+        poolclass = options.get("poolclass")
+        dialect = url.get_dialect(_is_async=True)
+        if poolclass is None and issubclass(dialect, DefaultDialect):
+            poolclass = dialect.get_pool_class(url)
+        if poolclass is AsyncAdaptedQueuePool:
+            options["poolclass"] = event_loops.LoopPool
     try:
         engine = sa_async.create_async_engine(url, **options)
     except ImportError as error:

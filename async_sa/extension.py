@@ -252,9 +252,10 @@ class SQLAlchemy:
         """Dispose every engine this object created, standalone and per app.
 
         The calling task's session is closed first, and sessions of finished
-        tasks still closing in the background are waited for: a connection a
-        session still held would go back to a disposed pool, where nothing
-        closes it. Pooled connections are closed; the engines stay usable.
+        tasks still closing in the background are waited for. Pooled
+        connections are closed (another event loop's in that loop); those other
+        tasks still hold are closed when they come back. The engines stay
+        usable: the next checkout opens a new connection.
         """
         await self.session.remove()
         await self.session.registry.wait_closed()

@@ -9,6 +9,7 @@ import sqlalchemy.ext.asyncio as sa_async
 import sqlalchemy.orm as sa_orm
 from sqlalchemy.util import ScopedRegistry
 
+from async_sa import event_loops
 from async_sa.cleanup import close_in_background
 from async_sa.session import AsyncSession
 
@@ -45,6 +46,7 @@ class TaskRegistry(ScopedRegistry[_AS]):
     def __init__(self, createfunc: t.Callable[[], _AS]) -> None:
         super().__init__(createfunc, current_task)
         self._closing: set[asyncio.Task[None]] = set()
+        event_loops.close_sessions_at_loop_end(self)
 
     def __call__(self) -> _AS:
         try:
@@ -84,9 +86,10 @@ class TaskRegistry(ScopedRegistry[_AS]):
     async def wait_closed(self) -> None:
         """Wait until the sessions of finished tasks are closed (in the running
         loop), including tasks whose done-callbacks have not run yet."""
-        for task in [task for task in self.registry if task.done()]:
-            self._close_orphan(task)
         loop = asyncio.get_running_loop()
+        for task in list(self.registry):
+            if task.done() and task.get_loop() is loop:
+                self._close_orphan(task)
         pending = [task for task in self._closing if task.get_loop() is loop]
         if pending:
             await asyncio.wait(pending)
