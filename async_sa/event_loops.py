@@ -202,7 +202,7 @@ class LoopPool(AsyncAdaptedQueuePool):
         for key, (ref, sub_pool) in list(self._by_loop.items()):
             old_loop = ref()
             if old_loop is None or old_loop.is_closed():
-                del self._by_loop[key]
+                self._by_loop.pop(key, None)
                 sub_pool.abandon()
         args, kwargs = self._sub_pool_arguments
         sub_pool = _LoopSubPool(*args, **kwargs)
@@ -215,7 +215,7 @@ class LoopPool(AsyncAdaptedQueuePool):
         def forget(ref: weakref.ref[asyncio.AbstractEventLoop]) -> None:
             entry = self._by_loop.get(key)
             if entry is not None and entry[0] is ref:
-                del self._by_loop[key]
+                self._by_loop.pop(key, None)
 
         self._by_loop[key] = (weakref.ref(loop, forget), sub_pool)
         _engines_of(loop).pools.add(sub_pool)
@@ -224,7 +224,7 @@ class LoopPool(AsyncAdaptedQueuePool):
     def _forget(self, sub_pool: _LoopSubPool) -> None:
         for key, (_ref, known) in list(self._by_loop.items()):
             if known is sub_pool:
-                del self._by_loop[key]
+                self._by_loop.pop(key, None)
 
     def dispose(self) -> None:
         """Retire every sub-pool: the running loop's now, a live loop's in that

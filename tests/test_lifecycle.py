@@ -16,8 +16,12 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.orm import Mapped
 from sqlalchemy.orm import mapped_column
+from sqlalchemy.pool import NullPool
+from sqlalchemy.pool import Pool
+from sqlalchemy.pool import StaticPool
 
 from async_sa import SQLAlchemy
+from async_sa.event_loops import LoopPool
 from tests.conftest import Backend
 from tests.conftest import count_postgres_backends
 from tests.conftest import MakeDb
@@ -195,12 +199,20 @@ async def test_timeout_around_commit_leaves_nothing_checked_out(db: SQLAlchemy) 
     assert checked_out(db) == 0
 
 
-def test_db_keeps_working_across_event_loops(backend: Backend, tmp_path: t.Any) -> None:
+@pytest.mark.parametrize("poolclass", [None, NullPool, StaticPool])
+def test_db_keeps_working_across_event_loops(
+    backend: Backend, tmp_path: t.Any, poolclass: type[Pool] | None
+) -> None:
     """A second asyncio.run (and a loop in another thread) just works, and no
-    connection made in one loop is handed out in another."""
+    connection made in one loop is handed out in another: with the default
+    pool (one per loop) and with a pool class the user chose."""
     if backend.is_postgres:
         require_postgres()
-    db = SQLAlchemy(url=backend.url, engine_options=backend.engine_options)
+    options = dict(backend.engine_options)
+    if poolclass is not None:
+        options["poolclass"] = poolclass
+    db = SQLAlchemy(url=backend.url, engine_options=options)
+    assert isinstance(db.engine.pool, poolclass or LoopPool)
 
     class Note(db.Model):  # type: ignore[name-defined,misc]
         id: Mapped[int] = mapped_column(primary_key=True)
