@@ -86,29 +86,36 @@ class _LoopEngines:
         # which then closes it (running the ``finally`` below) in
         # ``shutdown_asyncgens``. It holds the loop from then on: it is dropped
         # once it has run.
-        assert self._finalizer is not None
-        try:
-            self._finalizer.asend(None).send(None)
-        except StopIteration:
-            pass
+        if self._finalizer is not None:
+            try:
+                self._finalizer.asend(None).send(None)
+            except StopIteration:
+                pass
 
     async def _dispose_at_shutdown(self) -> AsyncGenerator[None, None]:
         try:
             yield
         finally:
-            for closer in list(_session_closers):
-                await closer.wait_closed()
-            while self.pools or self.retiring:
-                if self.retiring:
-                    await asyncio.wait(list(self.retiring))
-                for pool in list(self.pools):
-                    self.pools.discard(pool)
-                    await greenlet_spawn(pool.retire)
-            for engine in self.engines.values():
-                await engine.dispose()
-            self.engines.clear()
-            await self._join_stopped_workers()
-            self._finalizer = None
+            try:
+                # Sessions first: their connections go back to the pools
+                # closed next, instead of being left to the garbage collector.
+                for closer in list(_session_closers):
+                    await closer.wait_closed()
+            finally:
+                await self._close_connections()
+                self._finalizer = None
+
+    async def _close_connections(self) -> None:
+        while self.pools or self.retiring:
+            if self.retiring:
+                await asyncio.wait(list(self.retiring))
+            for pool in list(self.pools):
+                self.pools.discard(pool)
+                await greenlet_spawn(pool.retire)
+        for engine in self.engines.values():
+            await engine.dispose()
+        self.engines.clear()
+        await self._join_stopped_workers()
 
     async def _join_stopped_workers(self) -> None:
         loop = asyncio.get_running_loop()
@@ -167,8 +174,9 @@ class _LoopSubPool(AsyncAdaptedQueuePool):
 def _retire_in_its_loop(pool: _LoopSubPool) -> None:
     """Retire ``pool`` from a task of the running loop (its own), which that
     loop's shutdown waits for."""
-    retiring = _engines_of(asyncio.get_running_loop()).retiring
-    task = asyncio.get_running_loop().create_task(greenlet_spawn(pool.retire))
+    loop = asyncio.get_running_loop()
+    retiring = _engines_of(loop).retiring
+    task = loop.create_task(greenlet_spawn(pool.retire))
     retiring.add(task)
     task.add_done_callback(retiring.discard)
 
