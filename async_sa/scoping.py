@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import inspect
 import typing as t
+from collections.abc import Coroutine
 
 import sqlalchemy.ext.asyncio as sa_async
 import sqlalchemy.orm as sa_orm
@@ -16,6 +18,7 @@ from async_sa.session import AsyncSession
 _AS = t.TypeVar("_AS", bound=AsyncSession)
 _T = t.TypeVar("_T")
 _P = t.ParamSpec("_P")
+_S = t.TypeVar("_S")
 
 
 def current_task() -> asyncio.Task[t.Any]:
@@ -110,6 +113,38 @@ class TaskRegistry(ScopedRegistry[_AS]):
         closer.add_done_callback(self._closing.discard)
 
 
+def _resolved_when_called(cls: type[_S]) -> type[_S]:
+    """Replace each of SQLAlchemy's awaitable proxy methods on ``cls`` (those
+    ``cls`` does not define) by one that finds the session when it is called.
+
+    SQLAlchemy's are coroutines that look the session up only once they run, by
+    then perhaps in another task (``asyncio.shield``, ``wait_for``, ``gather``,
+    ``create_task``), whose new, empty session they would act on. The
+    replacement returns the caller's session's own coroutine, one frame fewer.
+    The type checker keeps the inherited signatures, exact for the installed
+    SQLAlchemy.
+    """
+    for name, value in vars(sa_async.async_scoped_session).items():
+        if (
+            inspect.isfunction(value)
+            and inspect.iscoroutinefunction(value)
+            and name not in vars(cls)
+        ):
+            setattr(cls, name, _called_on_the_callers_session(name))
+    return cls
+
+
+def _called_on_the_callers_session(name: str) -> t.Callable[..., t.Any]:
+    def method(self: ScopedSession[t.Any], /, *args: t.Any, **kwargs: t.Any) -> t.Any:
+        return getattr(self.registry(), name)(*args, **kwargs)
+
+    method.__name__ = name
+    method.__qualname__ = f"ScopedSession.{name}"
+    method.__doc__ = getattr(sa_async.async_scoped_session, name).__doc__
+    return method
+
+
+@_resolved_when_called
 class ScopedSession(sa_async.async_scoped_session[_AS]):
     """``db.session``: proxies every :class:`AsyncSession` method to the session of
     the current task, made on first use.
@@ -141,18 +176,21 @@ class ScopedSession(sa_async.async_scoped_session[_AS]):
         """The current task's innermost savepoint, if one is in progress."""
         return self.registry().get_nested_transaction()
 
-    async def run_sync(
+    def run_sync(
         self,
         fn: t.Callable[t.Concatenate[sa_orm.Session, _P], _T],
         *args: _P.args,
         **kwargs: _P.kwargs,
-    ) -> _T:
-        """Run ``fn(sync_session, ...)`` on the current task's session."""
-        return await self.registry().run_sync(fn, *args, **kwargs)
+    ) -> Coroutine[t.Any, t.Any, _T]:
+        """Run ``fn(sync_session, ...)`` on the calling task's session."""
+        return self.registry().run_sync(fn, *args, **kwargs)
 
-    async def remove(self) -> None:
-        """Close the current task's session (rolling back uncommitted work) and
+    def remove(self) -> Coroutine[t.Any, t.Any, None]:
+        """Close the calling task's session (rolling back uncommitted work) and
         unregister it. Cancelling the caller does not interrupt the close."""
-        session = self.registry.pop(current_task())
+        return self._remove(current_task())
+
+    async def _remove(self, task: asyncio.Task[t.Any]) -> None:
+        session = self.registry.pop(task)
         if session is not None:
             await session.close()
