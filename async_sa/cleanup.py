@@ -278,7 +278,8 @@ def _invalidate(transaction: sa_orm.SessionTransaction | None) -> None:
 def close_in_background(
     session: sa_async.AsyncSession, loop: asyncio.AbstractEventLoop
 ) -> asyncio.Task[None]:
-    """Close the session of a task that ended without closing it.
+    """Close the session of a task that ended without closing it, once no
+    other task is awaiting an operation on it (a shielded commit, say).
 
     Nobody awaits the close, so a failure is logged rather than raised. The
     task cannot be cancelled, but the close is bounded (``close_timeout``), so

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import functools
+import inspect
 import typing as t
 
 import sqlalchemy as sa
@@ -114,12 +116,65 @@ def _first_table(clause: sa.ClauseElement | sa.FromClause) -> sa.Table | None:
     return None
 
 
+_C = t.TypeVar("_C", bound=type)
+
+
+def _counted_while_awaited(
+    base: type, *, skip: t.Container[str] = ()
+) -> t.Callable[[_C], _C]:
+    """Class decorator: each coroutine method of ``base`` (but ``skip``) is
+    overridden to count as an operation in flight on the session while it is
+    awaited, so that a close waits for it (see :meth:`AsyncSession.close`).
+
+    The type checker keeps SQLAlchemy's signatures, exact for the installed
+    version.
+    """
+
+    def decorate(cls: _C) -> _C:
+        for name, value in vars(base).items():
+            if (
+                inspect.isfunction(value)
+                and inspect.iscoroutinefunction(value)
+                and name not in skip
+                and name not in vars(cls)
+            ):
+                setattr(cls, name, _counted(value))
+        return cls
+
+    return decorate
+
+
+def _counted(method: t.Callable[..., t.Awaitable[t.Any]]) -> t.Any:
+    @functools.wraps(method)
+    async def counted(self: t.Any, /, *args: t.Any, **kwargs: t.Any) -> t.Any:
+        session = self if isinstance(self, AsyncSession) else self.session
+        users = session._async_sa_users
+        task = asyncio.current_task()
+        users.append(task)
+        try:
+            return await method(self, *args, **kwargs)
+        finally:
+            users.remove(task)
+            if session._async_sa_idle is not None:
+                session._wake_closer()
+
+    return counted
+
+
+@_counted_while_awaited(
+    sa_async.AsyncSession, skip={"aclose", "close", "__aenter__", "__aexit__"}
+)
 class AsyncSession(sa_async.AsyncSession):
     """The async session ``db.session`` and ``db.sessionmaker`` make.
 
-    ``close()`` finishes even if the task is cancelled meanwhile. Leaving
-    ``async with`` closes it (rolling back uncommitted work) and unregisters it
-    from ``db.session``, so the next ``db.session()`` in that task is a fresh one.
+    It is not closed under a task still using it: ``close()`` (and so
+    ``remove()``, leaving ``async with``, and the cleanup of a task that ended
+    without closing it) first waits until no other task is awaiting one of its
+    methods or those of its ``begin()`` transactions (a commit under
+    :func:`asyncio.shield`, say). The close finishes even if the caller is
+    cancelled meanwhile. Leaving ``async with`` closes it (rolling back
+    uncommitted work) and unregisters it from ``db.session``, so the next
+    ``db.session()`` in that task is a fresh one.
 
     A custom ``class_`` in ``session_options`` must subclass this one.
     """
@@ -127,19 +182,60 @@ class AsyncSession(sa_async.AsyncSession):
     sync_session_class = Session
     _async_sa_registry: TaskRegistry[t.Any] | None = None
     _async_sa_task: asyncio.Task[t.Any] | None = None
+    _async_sa_users: list[asyncio.Task[t.Any] | None]
+    """The task awaiting each operation in flight on this session."""
+    _async_sa_idle: asyncio.Future[None] | None = None
+    """Made by a close waiting for other tasks' operations; set when one ends."""
+
+    if not t.TYPE_CHECKING:  # the type checker keeps SQLAlchemy's signature
+
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            self._async_sa_users = []
+
+    def begin(self) -> sa_async.AsyncSessionTransaction:
+        """A transaction whose commit and rollback a close waits for."""
+        return _Transaction(self)
+
+    def begin_nested(self) -> sa_async.AsyncSessionTransaction:
+        """A savepoint whose release and rollback a close waits for."""
+        return _Transaction(self, nested=True)
 
     async def close(self) -> None:
-        """Close the session, rolling back uncommitted work.
+        """Close the session, rolling back uncommitted work, once no other task
+        is awaiting an operation on it (closing would break that operation).
 
         Cancelling the caller does not interrupt the close (which would leave
         the connection checked out); the cancellation is raised once it is done.
         A database that does not answer within ``close_timeout`` seconds (see
-        :class:`async_sa.SQLAlchemy`) has the session's connections terminated
-        and invalidated, and the close returns; see :func:`~async_sa.cleanup.
-        close_within`.
+        :class:`async_sa.SQLAlchemy`), the wait for other tasks included, has
+        the session's connections terminated and invalidated (an operation still
+        awaited on them fails), and the close returns; see
+        :func:`~async_sa.cleanup.close_within`.
         """
         state = t.cast(Session, self.sync_session)._async_sa_state
-        await close_within(self, super().close(), state.close_timeout)
+        await close_within(self, self._close_when_idle(), state.close_timeout)
+
+    async def _close_when_idle(self) -> None:
+        users = self._async_sa_users
+        task = asyncio.current_task()
+        while any(user is not task for user in users):
+            idle = self._async_sa_idle
+            if idle is None or idle.done():
+                idle = self._async_sa_idle = asyncio.get_running_loop().create_future()
+            await idle
+        users.append(task)
+        try:
+            await super().close()
+        finally:
+            users.remove(task)
+            if self._async_sa_idle is not None:
+                self._wake_closer()
+
+    def _wake_closer(self) -> None:
+        idle, self._async_sa_idle = self._async_sa_idle, None
+        if idle is not None and not idle.done():
+            idle.set_result(None)
 
     async def __aexit__(self, type_: t.Any, value: t.Any, traceback: t.Any) -> None:
         try:
@@ -147,3 +243,11 @@ class AsyncSession(sa_async.AsyncSession):
         finally:
             if self._async_sa_registry is not None:
                 self._async_sa_registry.forget(self)
+
+
+@_counted_while_awaited(sa_async.AsyncSessionTransaction)
+class _Transaction(sa_async.AsyncSessionTransaction):
+    """``session.begin()``: its awaitable methods count as operations in flight
+    on the session, like the session's own."""
+
+    __slots__ = ()
