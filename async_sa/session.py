@@ -219,7 +219,7 @@ class AsyncSession(sa_async.AsyncSession):
     async def _close_when_idle(self) -> None:
         users = self._async_sa_users
         task = asyncio.current_task()
-        while any(user is not task for user in users):
+        while users and any(user is not task for user in users):
             idle = self._async_sa_idle
             if idle is None or idle.done():
                 idle = self._async_sa_idle = asyncio.get_running_loop().create_future()
