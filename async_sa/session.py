@@ -176,7 +176,8 @@ class AsyncSession(sa_async.AsyncSession):
     uncommitted work) and unregisters it from ``db.session``, so the next
     ``db.session()`` in that task is a fresh one.
 
-    A custom ``class_`` in ``session_options`` must subclass this one.
+    A ``class_`` in ``session_options`` that subclasses SQLAlchemy's
+    ``AsyncSession`` but not this one is combined with it, this one first.
     """
 
     sync_session_class = Session
