@@ -85,7 +85,7 @@ class Model(sa_async.AsyncAttrs):
         return None
 
     def __repr__(self) -> str:
-        state = sa.inspect(self)
+        state: sa_orm.InstanceState[t.Any] = sa.inspect(self, raiseerr=True)
         if state.transient:
             identity = f"(transient {id(self)})"
         elif state.pending:

@@ -13,11 +13,11 @@ import sqlalchemy as sa
 from async_sa.state import State
 
 if t.TYPE_CHECKING:
-    from typing_extensions import Unpack
-
     from async_sa.extension import SQLAlchemy
 
-    AnySelect = sa.Select[Unpack[tuple[t.Any, ...]]]
+    # One ``Any`` means any select both in SQLAlchemy 2.0 (one tuple type) and
+    # 2.1 (one type per column).
+    AnySelect = sa.Select[t.Any]
     """A ``select()`` of any columns or entities."""
 
 DEFAULT_PER_PAGE = 20

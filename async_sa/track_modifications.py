@@ -34,7 +34,7 @@ from async_sa.signals import before_models_committed
 from async_sa.signals import models_committed
 
 try:
-    from sqlalchemy.util import await_ as _await  # SQLAlchemy 2.1
+    from sqlalchemy.util import await_ as _await  # type: ignore[attr-defined,unused-ignore]  # SQLAlchemy 2.1
 except ImportError:  # pragma: no cover - SQLAlchemy 2.0
     from sqlalchemy.util import await_only as _await
 
