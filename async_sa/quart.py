@@ -42,9 +42,11 @@ ends::
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import functools
 import logging
+import sys
 import typing as t
 from collections.abc import Mapping
 
@@ -137,7 +139,7 @@ def init_app(db: SQLAlchemy, app: quart.Quart) -> None:
         db._find_app_state = _app_state_finder(db)
 
     # A partial rather than a wrapper: one coroutine less on every request.
-    app.teardown_appcontext(functools.partial(_remove_session, db))
+    app.teardown_appcontext(functools.partial(_teardown, db))
 
     @app.after_serving
     async def dispose_engines() -> None:
@@ -240,6 +242,26 @@ def _app_state_finder(db: SQLAlchemy) -> t.Callable[[], State | None]:
         return _get_state(app_context.app, db).state
 
     return find_app_state
+
+
+async def _teardown(db: SQLAlchemy, exc: BaseException | None) -> None:
+    """The teardown function: :func:`_remove_session`, raising nothing at all.
+
+    The only exception it lets through is the task's cancellation received
+    during the close, raised once the close is done. Raised from teardown, it
+    would skip the teardown functions after this one (Quart up to 0.22) or
+    become a ``BaseExceptionGroup`` of teardown errors (0.23); dropped, a
+    cancelled task would carry on, e.g. a worker loop never stopping. So it is
+    requested again instead, and raised at the task's first await after this.
+    """
+    try:
+        await _remove_session(db, exc)
+    except asyncio.CancelledError as cancelled:
+        task = asyncio.current_task()
+        assert task is not None
+        if sys.version_info >= (3, 11):
+            task.uncancel()  # The request is repeated, not added to.
+        task.cancel(*cancelled.args[:1])
 
 
 async def _remove_session(db: SQLAlchemy, exc: BaseException | None) -> None:

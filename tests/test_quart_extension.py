@@ -303,6 +303,36 @@ async def test_teardown_rolls_back_and_never_commits(
     assert not db.session.registry.registry
 
 
+async def test_teardown_cancelled_during_the_close_raises_nothing_until_it_is_done(
+    db: SQLAlchemy, notes: tuple[quart.Quart, type[t.Any]]
+) -> None:
+    """A cancellation arriving while teardown closes the session: the close
+    finishes, the teardown functions after ours still run, and the task ends
+    cancelled (not with a teardown error), at its first await after teardown."""
+    app, Note = notes
+    steps: list[str] = []
+
+    @app.teardown_appcontext
+    async def later_teardown(exc: BaseException | None) -> None:
+        steps.append(f"later teardown, checked out: {checked_out(app)}")
+
+    async def handler() -> None:
+        async with app.app_context():
+            db.session.add(Note(text="never committed"))
+            await db.session.flush()
+            # Delivered at the next await: the first one of teardown's close.
+            t.cast(asyncio.Task[None], asyncio.current_task()).cancel()
+        steps.append("after teardown")
+        await asyncio.sleep(0)
+        steps.append("not cancelled")
+
+    task = asyncio.create_task(handler())
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert steps == ["later teardown, checked out: 0", "after teardown"]
+    assert await count(app, db, Note) == 0
+
+
 async def test_teardown_logs_instead_of_raising_when_close_fails(
     db: SQLAlchemy,
     notes: tuple[quart.Quart, type[t.Any]],
