@@ -6,6 +6,7 @@ Everything here is plain data in, :class:`AsyncEngine` out, so the standalone
 
 from __future__ import annotations
 
+import asyncio
 import os
 import sqlite3
 import typing as t
@@ -19,6 +20,7 @@ from sqlalchemy.engine.default import DefaultDialect
 from sqlalchemy.pool import AsyncAdaptedQueuePool
 
 from async_sa import event_loops
+from async_sa.cleanup import run_to_completion
 
 BindKey = str | None
 """The key of an engine: ``None`` for the default engine, else a ``__bind_key__``."""
@@ -152,11 +154,14 @@ def _apply_sqlite_defaults(
     transaction instead of all of them sharing one connection. Relative file paths
     are made absolute under ``base_dir``. Both get a busy timeout, a queue pool
     (SQLAlchemy before 2.0.38 gave files none), and connections that close their
-    cursors (see :class:`_CursorClosingConnection`).
+    cursors (see :class:`_CursorClosingConnection`), opened so that a cancelled
+    open still closes its connection (see :func:`_open_aiosqlite`).
     """
     connect_args = dict(options.get("connect_args", {}))
     connect_args.setdefault("timeout", SQLITE_BUSY_TIMEOUT)
     connect_args.setdefault("factory", _CursorClosingConnection)
+    if url.get_driver_name() == "aiosqlite":
+        connect_args.setdefault("async_creator_fn", _open_aiosqlite)
     options["connect_args"] = connect_args
     options.setdefault("poolclass", AsyncAdaptedQueuePool)
     database = url.database or ""
@@ -229,6 +234,36 @@ class _CursorClosingConnection(sqlite3.Connection):
         for cursor in list(self._cursors):
             cursor.close()
         super().close()
+
+
+async def _open_aiosqlite(*args: t.Any, **kwargs: t.Any) -> t.Any:
+    """Open an aiosqlite connection (SQLAlchemy's ``async_creator_fn``).
+
+    A task cancelled while aiosqlite's worker opens the database drops the
+    sqlite3 connection unclosed (omnilib/aiosqlite#259; a ResourceWarning since
+    Python 3.13). So the open runs to completion, and a cancellation received
+    meanwhile closes the connection before it is raised.
+    """
+    import aiosqlite
+
+    connection = aiosqlite.connect(*args, **kwargs)
+    # As SQLAlchemy's own open does: a daemon worker never holds the
+    # interpreter at exit.
+    connection._thread.daemon = True
+    opened = False
+
+    async def open_connection() -> None:
+        nonlocal opened
+        await connection
+        opened = True
+
+    try:
+        await run_to_completion(open_connection())
+    except asyncio.CancelledError:
+        if opened:
+            await run_to_completion(connection.close())
+        raise
+    return connection
 
 
 def _keep_memory_database_alive(engine: sa_async.AsyncEngine, url: sa.URL) -> None:
