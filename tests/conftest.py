@@ -5,6 +5,13 @@ PostgreSQL is reached at ``ASYNC_SA_TEST_POSTGRES_URL`` (default
 its cases are skipped with a reason, unless ``ASYNC_SA_REQUIRE_POSTGRES=1``, which
 makes them fail instead. Each PostgreSQL test gets a schema of its own, dropped
 afterwards, so runs never collide.
+
+``ASYNC_SA_TEST_LOOP`` picks the event loop every test runs on, including the
+loops tests start with :func:`asyncio.run`: ``asyncio`` (the default), ``uvloop``,
+or ``eager`` (asyncio with :func:`asyncio.eager_task_factory`, Python 3.12+).
+
+asyncio reports an exception nobody retrieved, or a task destroyed while
+pending, only as a log line; such a line anywhere in the run fails it.
 """
 
 from __future__ import annotations
@@ -13,12 +20,18 @@ import asyncio
 import concurrent.futures
 import dataclasses
 import functools
+import gc
+import importlib
 import importlib.util
+import logging
 import os
+import sys
 import typing as t
 import uuid
+import warnings
 from collections.abc import AsyncIterator
 from collections.abc import Callable
+from collections.abc import Iterator
 
 import hypothesis
 import pytest
@@ -38,6 +51,132 @@ POSTGRES_URL = os.environ.get(
     "ASYNC_SA_TEST_POSTGRES_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/test"
 )
 REQUIRE_POSTGRES = os.environ.get("ASYNC_SA_REQUIRE_POSTGRES") == "1"
+LOOP = os.environ.get("ASYNC_SA_TEST_LOOP", "asyncio")
+
+# asyncpg's default sslmode "prefer" opens each connection with an SSL probe whose
+# future gets an exception nobody retrieves when the connect is cancelled before
+# the server answers: asyncio logs "Future exception was never retrieved ...
+# ConnectionError('unexpected connection_lost() call')" (asyncpg's TLSUpgradeProto;
+# plain asyncpg does it too; related: MagicStack/asyncpg#1211 and #1310). The
+# tests' server speaks no SSL, so they connect without the probe and their
+# deliberate cancellations print nothing. Set PGSSLMODE (or the URL's ssl) to
+# test against a server that requires SSL.
+os.environ.setdefault("PGSSLMODE", "disable")
+
+
+def _loop_policy(name: str) -> asyncio.AbstractEventLoopPolicy | None:
+    """The policy whose loops every test runs on, ``None`` for asyncio's own."""
+    if name == "asyncio":
+        return None
+    if name == "uvloop":
+        uvloop = importlib.import_module("uvloop")
+
+        class UvloopLoop(uvloop.Loop):  # type: ignore[misc,name-defined]
+            def close(self) -> None:
+                """Close, then raise the warnings of closing.
+
+                uvloop's ``close()`` never returns when its "unclosed resource"
+                ResourceWarning is raised as an error (plain asyncpg shows it):
+                the warnings are recorded while it closes and issued after.
+                """
+                with warnings.catch_warnings(record=True) as issued:
+                    warnings.simplefilter("always")
+                    super().close()
+                for warning in issued:
+                    warnings.warn_explicit(
+                        warning.message,
+                        warning.category,
+                        warning.filename,
+                        warning.lineno,
+                        source=warning.source,
+                    )
+
+        class UvloopPolicy(asyncio.DefaultEventLoopPolicy):
+            def new_event_loop(self) -> asyncio.AbstractEventLoop:
+                return t.cast(asyncio.AbstractEventLoop, UvloopLoop())
+
+        return UvloopPolicy()
+    if name == "eager" and sys.version_info >= (3, 12):
+        _let_hypercorn_run_eager_apps()
+
+        class EagerPolicy(asyncio.DefaultEventLoopPolicy):
+            def new_event_loop(self) -> asyncio.AbstractEventLoop:
+                loop = super().new_event_loop()
+                loop.set_task_factory(asyncio.eager_task_factory)
+                return loop
+
+        return EagerPolicy()
+    raise pytest.UsageError(
+        f"ASYNC_SA_TEST_LOOP={name!r}: expected asyncio, uvloop or eager "
+        "(eager needs Python 3.12+)"
+    )
+
+
+def _let_hypercorn_run_eager_apps() -> None:
+    """Give Hypercorn's HTTP streams the ``app_put = None`` they check for.
+
+    Hypercorn 0.18 sets it once the app's task is made; an eager task runs a
+    short request to its end before that, and the stream's close then fails
+    ("'HTTPStream' object has no attribute 'app_put'").
+    """
+    try:
+        http_stream = importlib.import_module("hypercorn.protocol.http_stream")
+    except ImportError:
+        return
+    http_stream.HTTPStream.app_put = None
+
+
+class AsyncioNoise(logging.Handler):
+    """Collects asyncio's reports of lost exceptions and destroyed tasks."""
+
+    REPORTS = (
+        "Future exception was never retrieved",
+        "Task exception was never retrieved",
+        "Task was destroyed but it is pending",
+    )
+
+    def __init__(self) -> None:
+        super().__init__(logging.ERROR)
+        self.test = "(collection)"
+        self.seen: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.getMessage().startswith(self.REPORTS):
+            self.seen.append(f"during or after {self.test}:\n{self.format(record)}")
+
+
+_noise = AsyncioNoise()
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    policy = _loop_policy(LOOP)
+    if policy is not None:
+        asyncio.set_event_loop_policy(policy)
+    logging.getLogger("asyncio").addHandler(_noise)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_protocol(item: pytest.Item) -> Iterator[None]:
+    _noise.test = item.nodeid
+    return (yield)
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    """Fail the run on asyncio noise or on a warning left for the collector."""
+    _noise.test = "the last test"
+    with warnings.catch_warnings(record=True) as left:
+        warnings.simplefilter("always")
+        gc.collect()
+    _noise.seen.extend(f"at the end of the run: {warning}" for warning in left)
+    if _noise.seen and session.exitstatus == pytest.ExitCode.OK:
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+def pytest_terminal_summary(terminalreporter: t.Any) -> None:
+    if _noise.seen:
+        terminalreporter.section("asyncio noise (fails the run)", red=True)
+        for report in _noise.seen:
+            terminalreporter.line(report)
 
 
 def asyncpg_dsn(url: str | sa.URL) -> str:

@@ -50,4 +50,3 @@ async def test_connection_opened_by_a_cancelled_task_is_closed(
         await task
     assert len(opened) == 1
     assert closed == opened
-
