@@ -123,7 +123,7 @@ async def test_core_statements_on_bound_tables_go_to_the_bind(
     )
     await db.session.execute(sa.insert(m.remote_tag).values(log_id=1, tag="t"))
     ordered = sa.select(log).order_by(log.c.id)
-    assert (await db.session.execute(ordered)).tuples().all() == [
+    assert [tuple(row) for row in await db.session.execute(ordered)] == [
         (1, "a"),
         (2, "b"),
     ]
@@ -131,7 +131,7 @@ async def test_core_statements_on_bound_tables_go_to_the_bind(
         await db.session.scalars(sa.select(log.c.message).where(log.c.id == 2))
     ).one() == "b"
     joined = sa.select(log.c.message, m.remote_tag.c.tag).join(m.remote_tag)
-    assert (await db.session.execute(joined)).tuples().all() == [("a", "t")]
+    assert [tuple(row) for row in await db.session.execute(joined)] == [("a", "t")]
     counted = sa.select(sa.func.count()).select_from(sa.select(log).subquery())
     assert await db.session.scalar(counted) == 2
     await db.session.execute(sa.update(log).where(log.c.id == 1).values(message="z"))
