@@ -247,12 +247,12 @@ def _app_state_finder(db: SQLAlchemy) -> t.Callable[[], State | None]:
 async def _teardown(db: SQLAlchemy, exc: BaseException | None) -> None:
     """The teardown function: :func:`_remove_session`, raising nothing at all.
 
-    The only exception it lets through is the task's cancellation received
-    during the close, raised once the close is done. Raised from teardown, it
-    would skip the teardown functions after this one (Quart up to 0.22) or
+    :func:`_remove_session` raises only a cancellation of the task received
+    while it closed the session (once the close is done). Raised from teardown,
+    it would skip the teardown functions after this one (Quart up to 0.22) or
     become a ``BaseExceptionGroup`` of teardown errors (0.23); dropped, a
-    cancelled task would carry on, e.g. a worker loop never stopping. So it is
-    requested again instead, and raised at the task's first await after this.
+    cancelled task would carry on, e.g. a worker loop never stopping. So the
+    cancellation is requested again, to be raised at the task's next await.
     """
     try:
         await _remove_session(db, exc)
