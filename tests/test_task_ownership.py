@@ -15,8 +15,6 @@ from collections.abc import Callable
 import pytest
 import sqlalchemy as sa
 import sqlalchemy.ext.asyncio as sa_async
-from sqlalchemy.orm import Mapped
-from sqlalchemy.orm import mapped_column
 
 import async_sa
 from async_sa import signals
@@ -25,25 +23,13 @@ from tests.conftest import Backend
 from tests.conftest import count_postgres_backends
 from tests.conftest import MakeDb
 from tests.conftest import terminate_postgres_backends
+from tests.test_session import count
+from tests.test_session import todo_model
 
 _T = t.TypeVar("_T")
 Wrapper = Callable[[Awaitable[t.Any]], Awaitable[t.Any]]
 OWNERS = 100
 SETTLE_SECONDS = 30
-
-
-def todo_model(db: SQLAlchemy) -> type[t.Any]:
-    class Todo(db.Model):  # type: ignore[name-defined,misc]
-        id: Mapped[int] = mapped_column(primary_key=True)
-        title: Mapped[str] = mapped_column(sa.String(50), default="")
-
-    return Todo
-
-
-async def count(db: SQLAlchemy, model: type[t.Any]) -> int:
-    """Rows of ``model`` as another session sees them."""
-    async with db.sessionmaker() as session:
-        return await session.scalar(sa.select(sa.func.count()).select_from(model)) or 0
 
 
 async def in_wait_for(awaitable: Awaitable[_T]) -> _T:
