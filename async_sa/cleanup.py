@@ -78,16 +78,18 @@ class _Deadlines:
     every :data:`DEADLINE_TICK` seconds while any is waiting.
 
     A timer per close would cost a ``TimerHandle`` (made in Python) on every
-    close that waits: about 1 % of a unit of work with 32 concurrent tasks. The
-    loop is held weakly: this object is a value keyed by it.
+    close that waits: about 1 % of a unit of work with 32 concurrent tasks.
+    Nothing here refers to the loop but weakly (not even the timer's handle,
+    which does): this object is a value keyed by it, and an ended loop must
+    not be kept alive.
     """
 
-    __slots__ = ("_loop", "_runs", "_timer")
+    __slots__ = ("_armed", "_loop", "_runs")
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = weakref.ref(loop)
         self._runs: dict[_RunToCompletion[t.Any], float] = {}
-        self._timer: asyncio.TimerHandle | None = None
+        self._armed = False
 
     def watch(
         self, run: _RunToCompletion[t.Any], loop: asyncio.AbstractEventLoop
@@ -95,8 +97,9 @@ class _Deadlines:
         """Expire ``run`` once its timeout has passed, unless it is forgotten."""
         assert run._timeout is not None
         self._runs[run] = loop.time() + run._timeout
-        if self._timer is None:
-            self._timer = loop.call_later(DEADLINE_TICK, self._check)
+        if not self._armed:
+            loop.call_later(DEADLINE_TICK, self._check)
+            self._armed = True
 
     def forget(self, run: _RunToCompletion[t.Any]) -> None:
         self._runs.pop(run, None)
@@ -109,9 +112,9 @@ class _Deadlines:
         for run in expired:
             del self._runs[run]
             run._expire()
-        self._timer = (
-            loop.call_later(DEADLINE_TICK, self._check) if self._runs else None
-        )
+        self._armed = bool(self._runs)
+        if self._armed:
+            loop.call_later(DEADLINE_TICK, self._check)
 
 
 _deadlines: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Deadlines] = (
