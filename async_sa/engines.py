@@ -7,6 +7,7 @@ Everything here is plain data in, :class:`AsyncEngine` out, so the standalone
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import os
 import sqlite3
 import typing as t
@@ -28,21 +29,28 @@ BindKey = str | None
 UrlLike = str | sa.URL
 BindConfig = UrlLike | Mapping[str, t.Any]
 
-_UPGRADE_BARE_BACKEND = {
-    "sqlite": "sqlite+aiosqlite",
-    "postgresql": "postgresql+asyncpg",
-    "postgres": "postgresql+asyncpg",
-    "mysql": "mysql+aiomysql",
-    "mariadb": "mariadb+aiomysql",
+_UPGRADE_BARE_BACKEND: dict[str, tuple[str, ...]] = {
+    "sqlite": ("sqlite+aiosqlite",),
+    "postgresql": ("postgresql+asyncpg", "postgresql+psycopg"),
+    "postgres": ("postgresql+asyncpg", "postgresql+psycopg"),
+    "mysql": ("mysql+asyncmy",),
+    "mariadb": ("mariadb+asyncmy",),
 }
+"""The async drivers a bare backend is upgraded to: the first one installed."""
 _SUGGESTED_ASYNC_DRIVER = {
     "sqlite": "sqlite+aiosqlite",
-    "postgresql": "postgresql+asyncpg",
-    "mysql": "mysql+aiomysql",
-    "mariadb": "mariadb+aiomysql",
+    "postgresql": "postgresql+asyncpg' or 'postgresql+psycopg",
+    "mysql": "mysql+asyncmy",
+    "mariadb": "mariadb+asyncmy",
     "mssql": "mssql+aioodbc",
     "oracle": "oracle+oracledb",
 }
+DRIVER_EXTRAS = {
+    "asyncpg": "postgresql",
+    "psycopg": "psycopg",
+    "asyncmy": "mysql",
+}
+"""The ``async_sa[extra]`` that installs each driver module."""
 SQLITE_BUSY_TIMEOUT = 30.0
 """Seconds a SQLite connection waits for another's write lock before failing."""
 
@@ -55,9 +63,14 @@ def redact(url: sa.URL) -> str:
 def to_async_url(value: UrlLike, *, where: str) -> sa.URL:
     """Parse ``value`` and make sure it names an async driver.
 
-    A bare backend (``sqlite://``, ``postgresql://``, ``postgres://``, ``mysql://``)
-    is upgraded to its usual async driver. A sync-only driver raises
-    :class:`ValueError` naming the driver and the async one to use.
+    A bare backend is upgraded to its async driver: ``sqlite://`` to aiosqlite,
+    ``mysql://`` and ``mariadb://`` to asyncmy, ``postgresql://`` and
+    ``postgres://`` to asyncpg or, when only psycopg is installed, psycopg. A
+    sync-only driver raises :class:`ValueError` naming the driver and the async
+    one to use.
+
+    :raises ImportError: for a bare ``postgresql://`` with neither PostgreSQL
+        driver installed, naming the extra of each.
 
     :param where: the config key or argument the URL came from, for error messages.
     """
@@ -69,9 +82,9 @@ def to_async_url(value: UrlLike, *, where: str) -> sa.URL:
             f"{where} is not a database URL: {shown!r}. Expected something like "
             "'sqlite:///app.db' or 'postgresql://user@host/dbname'."
         ) from None
-    upgraded = _UPGRADE_BARE_BACKEND.get(url.drivername)
-    if upgraded is not None:
-        url = url.set(drivername=upgraded)
+    candidates = _UPGRADE_BARE_BACKEND.get(url.drivername)
+    if candidates is not None:
+        url = url.set(drivername=_installed_driver(candidates, url, where))
     try:
         dialect = url.get_dialect(_is_async=True)
     except sa.exc.NoSuchModuleError:
@@ -88,6 +101,27 @@ def to_async_url(value: UrlLike, *, where: str) -> sa.URL:
             f"{suggestion!r} instead."
         )
     return url
+
+
+def _installed_driver(candidates: tuple[str, ...], url: sa.URL, where: str) -> str:
+    """The first of ``candidates`` (``backend+driver`` names) whose driver
+    module is installed; the first one when none needs an extra (aiosqlite is
+    a dependency), else an :class:`ImportError` naming every extra."""
+    for drivername in candidates:
+        module = drivername.partition("+")[2]
+        if module not in DRIVER_EXTRAS or importlib.util.find_spec(module):
+            return drivername
+    if len(candidates) == 1:
+        return candidates[0]
+    extras = " or ".join(
+        f"'async_sa[{DRIVER_EXTRAS[name.partition('+')[2]]}]' "
+        f"({name.partition('+')[2]})"
+        for name in candidates
+    )
+    raise ImportError(
+        f"{where} ({redact(url)}) needs an async {url.get_backend_name()} driver "
+        f"and none is installed: pip install {extras}."
+    )
 
 
 def resolve_engine_options(
@@ -200,9 +234,12 @@ def create_engine(options: Mapping[str, t.Any]) -> sa_async.AsyncEngine:
     try:
         engine = sa_async.create_async_engine(url, **options)
     except ImportError as error:
+        package = error.name or url.get_driver_name()
+        extra = DRIVER_EXTRAS.get(package.partition(".")[0])
+        fix = f"'async_sa[{extra}]' (or {package})" if extra else package
         raise ImportError(
             f"The driver {url.get_driver_name()!r} of {redact(url)} is not "
-            f"installed: pip install {error.name or url.get_driver_name()}."
+            f"installed: pip install {fix}."
         ) from error
     if url.query.get("vfs") == "memdb":
         _keep_memory_database_alive(engine, url)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import sys
 import typing as t
 from pathlib import Path
 
@@ -26,6 +27,10 @@ from tests.conftest import MakeDb
         ("postgresql://u@h/d", "postgresql+asyncpg"),
         ("postgres://u@h/d", "postgresql+asyncpg"),
         ("postgresql+asyncpg://u@h/d", "postgresql+asyncpg"),
+        ("postgresql+psycopg://u@h/d", "postgresql+psycopg"),
+        ("mysql://u@h/d", "mysql+asyncmy"),
+        ("mariadb://u@h/d", "mariadb+asyncmy"),
+        ("mysql+asyncmy://u@h/d", "mysql+asyncmy"),
     ],
 )
 async def test_url_without_async_driver_is_upgraded(
@@ -41,8 +46,9 @@ async def test_url_without_async_driver_is_upgraded(
     ("url", "driver", "suggestion"),
     [
         ("sqlite+pysqlite:///x.db", "pysqlite", "sqlite+aiosqlite"),
-        ("postgresql+psycopg2://u:secret@h/d", "psycopg2", "postgresql+asyncpg"),
-        ("mysql+pymysql://u:secret@h/d", "pymysql", "mysql+aiomysql"),
+        ("postgresql+psycopg2://u:secret@h/d", "psycopg2", "postgresql+psycopg"),
+        ("mysql+pymysql://u:secret@h/d", "pymysql", "mysql+asyncmy"),
+        ("mariadb+mysqldb://u:secret@h/d", "mysqldb", "mariadb+asyncmy"),
     ],
 )
 def test_sync_driver_is_rejected_naming_driver_and_fix(
@@ -66,6 +72,50 @@ def test_missing_driver_package_says_what_to_install() -> None:
     """A driver that is not installed names the package to install."""
     db = SQLAlchemy(url="mssql+aioodbc://u:secret@h/d")
     with pytest.raises(ImportError, match="pip install") as info:
+        db.engine  # noqa: B018
+    assert "secret" not in str(info.value)
+
+
+async def test_bare_postgresql_url_takes_psycopg_when_asyncpg_is_missing(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Without asyncpg, ``postgresql://`` runs on psycopg, if installed."""
+    monkeypatch.setitem(sys.modules, "asyncpg", None)
+    async with SQLAlchemy(url="postgres://u@h/d") as db:
+        assert db.engine.url.drivername == "postgresql+psycopg"
+
+
+def test_bare_postgresql_url_without_any_driver_names_both_extras(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """With neither asyncpg nor psycopg, the error names the extra of each."""
+    monkeypatch.setitem(sys.modules, "asyncpg", None)
+    monkeypatch.setitem(sys.modules, "psycopg", None)
+    db = SQLAlchemy(url="postgresql://u:secret@h/d")
+    with pytest.raises(ImportError) as info:
+        db.engine  # noqa: B018
+    message = str(info.value)
+    assert "'async_sa[postgresql]' (asyncpg)" in message
+    assert "'async_sa[psycopg]' (psycopg)" in message
+    assert "url=" in message and "secret" not in message
+
+
+@pytest.mark.parametrize(
+    ("url", "module", "extra"),
+    [
+        ("mysql://u:secret@h/d", "asyncmy", "mysql"),
+        ("mariadb+asyncmy://u:secret@h/d", "asyncmy", "mysql"),
+        ("postgresql+psycopg://u:secret@h/d", "psycopg", "psycopg"),
+        ("postgresql+asyncpg://u:secret@h/d", "asyncpg", "postgresql"),
+    ],
+)
+def test_url_whose_driver_is_missing_names_the_extra(
+    url: str, module: str, extra: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A URL naming a driver that is not installed names its async_sa extra."""
+    monkeypatch.setitem(sys.modules, module, None)
+    db = SQLAlchemy(url=url)
+    with pytest.raises(ImportError, match=rf"pip install 'async_sa\[{extra}\]'") as info:
         db.engine  # noqa: B018
     assert "secret" not in str(info.value)
 

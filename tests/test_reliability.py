@@ -192,7 +192,7 @@ async def test_password_absent_from_logs_reprs_and_errors_when_connecting_fails(
 
 
 MARIADB_URL = os.environ.get(
-    "ASYNC_SA_TEST_MARIADB_URL", "mysql+aiomysql://root@127.0.0.1:3306/test"
+    "ASYNC_SA_TEST_MARIADB_URL", "mysql+asyncmy://root@127.0.0.1:3306/test"
 )
 
 
@@ -201,7 +201,7 @@ async def test_wrong_password_is_absent_from_logs_and_errors(
 ) -> None:
     """A server that checks passwords (MariaDB; our PostgreSQL trusts every
     client) rejects a wrong one: the password shows up nowhere."""
-    pytest.importorskip("aiomysql", reason="pip install aiomysql to run this case")
+    pytest.importorskip("asyncmy", reason="pip install asyncmy to run this case")
     caplog.set_level(logging.DEBUG)
     url = sa.make_url(MARIADB_URL).set(password=SECRET)
     async with SQLAlchemy(url=url, engine_options={"echo": "debug"}) as db:
