@@ -115,7 +115,9 @@ def test_url_whose_driver_is_missing_names_the_extra(
     """A URL naming a driver that is not installed names its async_sa extra."""
     monkeypatch.setitem(sys.modules, module, None)
     db = SQLAlchemy(url=url)
-    with pytest.raises(ImportError, match=rf"pip install 'async_sa\[{extra}\]'") as info:
+    with pytest.raises(
+        ImportError, match=rf"pip install 'async_sa\[{extra}\]'"
+    ) as info:
         db.engine  # noqa: B018
     assert "secret" not in str(info.value)
 
