@@ -8,6 +8,7 @@ lifecycle for every request.
 
 from __future__ import annotations
 
+from async_sa.errors import ConcurrentSessionUseError
 from async_sa.errors import ModelsCommittedError
 from async_sa.errors import NotFound
 from async_sa.errors import TransactionAbortedError
@@ -24,6 +25,7 @@ from async_sa.signals import models_committed
 
 __all__ = [
     "AsyncSession",
+    "ConcurrentSessionUseError",
     "Model",
     "ModelsCommittedError",
     "NotFound",

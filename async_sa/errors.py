@@ -54,6 +54,17 @@ class TransactionAbortedError(sa.exc.PendingRollbackError):
     """
 
 
+class ConcurrentSessionUseError(RuntimeError):
+    """Two tasks used the one session of ``db.session.shared()`` (or of
+    ``db.test_isolation()``) at once.
+
+    Raised in the task that came second, before it touches the session, so
+    the first task's operation goes on unharmed. Await one operation before
+    starting the other, or give concurrent work its own session from
+    ``db.sessionmaker()``.
+    """
+
+
 class ModelsCommittedError(Exception):
     """The commit is durable, but a ``models_committed`` receiver raised.
 

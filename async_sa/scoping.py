@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import inspect
 import typing as t
 from collections.abc import Coroutine
@@ -14,6 +15,7 @@ from sqlalchemy.util import ScopedRegistry
 from async_sa import event_loops
 from async_sa.cleanup import close_in_background
 from async_sa.session import AsyncSession
+from async_sa.shared_session import SharedSessionScope
 
 _AS = t.TypeVar("_AS", bound=AsyncSession)
 _T = t.TypeVar("_T")
@@ -44,14 +46,27 @@ class TaskRegistry(ScopedRegistry[_AS]):
     A task that ends without removing its session has it closed in the
     background (its connection goes back to the pool) and forgotten, so the
     registry never keeps a finished task or its session alive.
+
+    Inside a :class:`~async_sa.shared_session.SharedSessionScope` (the
+    ``shared`` context variable), every task of its loop gets the scope's one
+    session instead.
     """
 
     def __init__(self, createfunc: t.Callable[[], _AS]) -> None:
         super().__init__(createfunc, current_task)
         self._closing: set[asyncio.Task[None]] = set()
+        self.shared: contextvars.ContextVar[SharedSessionScope[_AS] | None] = (
+            contextvars.ContextVar(f"async_sa_shared_{id(self):x}", default=None)
+        )
+        """The shared scope entered in the current context, if any."""
         event_loops.close_sessions_at_loop_end(self)
 
     def __call__(self) -> _AS:
+        scope = self.shared.get()
+        if scope is not None:
+            shared = scope.session()
+            if shared is not None:
+                return shared
         try:
             session: _AS = self.registry[asyncio.current_task()]
             return session
@@ -62,7 +77,16 @@ class TaskRegistry(ScopedRegistry[_AS]):
         return session
 
     def has(self) -> bool:
-        return current_task() in self.registry
+        task = current_task()
+        scope = self.shared.get()
+        if scope is not None and scope.applies_to(task):
+            return scope.has_session()
+        return task in self.registry
+
+    def in_shared_scope(self) -> bool:
+        """Whether the calling task is inside an active shared scope."""
+        scope = self.shared.get()
+        return scope is not None and scope.applies_to(current_task())
 
     def set(self, obj: _AS) -> None:
         task = current_task()
@@ -185,12 +209,30 @@ class ScopedSession(sa_async.async_scoped_session[_AS]):
         """Run ``fn(sync_session, ...)`` on the calling task's session."""
         return self.registry().run_sync(fn, *args, **kwargs)
 
+    def shared(self) -> SharedSessionScope[_AS]:
+        """A scope in which ``db.session`` is one session for every task::
+
+            async with db.session.shared():
+                ...  # fixtures, tests, test-client requests: one session
+
+        See :mod:`async_sa.shared_session`: objects stay attached across
+        tasks, ``remove()`` and request teardown leave the session open, the
+        scope's end closes it, and two tasks using it at once get
+        :class:`~async_sa.ConcurrentSessionUseError`.
+        """
+        return SharedSessionScope(self.registry)
+
     def remove(self) -> Coroutine[t.Any, t.Any, None]:
         """Close the calling task's session (rolling back uncommitted work) and
-        unregister it. Cancelling the caller does not interrupt the close."""
-        return self._remove(current_task())
+        unregister it. Cancelling the caller does not interrupt the close.
+        Inside :meth:`shared`, the shared session is left open (the scope
+        closes it)."""
+        task = current_task()
+        return self._remove(task, shared=self.registry.in_shared_scope())
 
-    async def _remove(self, task: asyncio.Task[t.Any]) -> None:
+    async def _remove(self, task: asyncio.Task[t.Any], *, shared: bool) -> None:
+        if shared:
+            return
         session = self.registry.pop(task)
         if session is not None:
             await session.close()

@@ -21,6 +21,7 @@ from async_sa.state import State
 if t.TYPE_CHECKING:
     from async_sa.extension import SQLAlchemy
     from async_sa.scoping import TaskRegistry
+    from async_sa.shared_session import SharedSessionScope
 
 _NO_BIND_KEY = object()
 
@@ -174,7 +175,8 @@ class AsyncSession(sa_async.AsyncSession):
     :func:`asyncio.shield`, say). The close finishes even if the caller is
     cancelled meanwhile. Leaving ``async with`` closes it (rolling back
     uncommitted work) and unregisters it from ``db.session``, so the next
-    ``db.session()`` in that task is a fresh one.
+    ``db.session()`` in that task is a fresh one; the session of a
+    ``db.session.shared()`` scope is left open instead (the scope closes it).
 
     A ``class_`` in ``session_options`` that subclasses SQLAlchemy's
     ``AsyncSession`` but not this one is combined with it, this one first.
@@ -183,6 +185,8 @@ class AsyncSession(sa_async.AsyncSession):
     sync_session_class = Session
     _async_sa_registry: TaskRegistry[t.Any] | None = None
     _async_sa_task: asyncio.Task[t.Any] | None = None
+    _async_sa_scope: SharedSessionScope[t.Any] | None = None
+    """The ``db.session.shared()`` scope whose session this is: it closes it."""
     _async_sa_users: list[asyncio.Task[t.Any] | None]
     """The task awaiting each operation in flight on this session."""
     _async_sa_idle: asyncio.Future[None] | None = None
@@ -239,6 +243,8 @@ class AsyncSession(sa_async.AsyncSession):
             idle.set_result(None)
 
     async def __aexit__(self, type_: t.Any, value: t.Any, traceback: t.Any) -> None:
+        if self._async_sa_scope is not None:
+            return  # A shared scope's session stays open until the scope ends.
         try:
             await self.close()
         finally:
