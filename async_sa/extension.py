@@ -30,6 +30,7 @@ from async_sa.scoping import ScopedSession
 from async_sa.session import AsyncSession
 from async_sa.session import Session
 from async_sa.state import State
+from async_sa.test_isolation import TestIsolation
 
 _ALL = "__all__"
 _T = t.TypeVar("_T")
@@ -271,6 +272,25 @@ class SQLAlchemy:
 
     async def __aexit__(self, *exc_info: object) -> None:
         await self.dispose()
+
+    def test_isolation(self) -> TestIsolation:
+        """Roll back everything written inside the block, by any task::
+
+            async with db.test_isolation():
+                ...  # fixtures, the test, test-client requests
+
+        One connection and outer transaction per engine of the current owner
+        (the app whose context is active, else this object); every session
+        made meanwhile joins it with savepoints, so ``commit()``,
+        ``rollback()`` and ``begin_nested()`` behave as in production, and
+        ``db.session`` is one session for every task (see
+        :meth:`db.session.shared() <async_sa.scoping.ScopedSession.shared>`).
+        Details in :mod:`async_sa.test_isolation`.
+
+        :raises RuntimeError: no running event loop, nested, or an app this
+            object is not registered with.
+        """
+        return TestIsolation(self)
 
     # -- view helpers -------------------------------------------------------------
     # Each returns the helper's coroutine rather than awaiting it in one more:

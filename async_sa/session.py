@@ -13,6 +13,7 @@ import sqlalchemy.orm as sa_orm
 from sqlalchemy.sql import visitors
 
 from async_sa import aborted_transactions
+from async_sa import test_isolation
 from async_sa import track_modifications
 from async_sa.cleanup import close_within
 from async_sa.engines import BindKey
@@ -35,6 +36,9 @@ class Session(sa_orm.Session):
     ...}``; the bind key of the mapped table; the first table of a Core statement
     (selects, joins, subqueries, insert/update/delete); the default engine.
 
+    Made while ``db.test_isolation()`` is active for its owner, it is bound to
+    the isolation's connections (see :mod:`async_sa.test_isolation`).
+
     A custom ``sync_session_class`` that subclasses SQLAlchemy's ``Session``
     rather than this one is combined with it, this one first in the MRO.
     """
@@ -47,6 +51,8 @@ class Session(sa_orm.Session):
         self._async_sa_state = db._current_state()
         self._async_sa_metadatas = db.metadatas
         super().__init__(**kwargs)
+        if test_isolation.active():
+            test_isolation.join_if_isolated(self)
         if self._async_sa_state.track_modifications:
             track_modifications.track(self, self._async_sa_state.sender)
 

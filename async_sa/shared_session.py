@@ -105,27 +105,31 @@ class SharedSessionScope(t.Generic[_AS]):
         """End the scope everywhere and close its session (rolling back what
         was not committed), once no other task is awaiting an operation on it,
         within ``close_timeout``. Cancelling the caller does not interrupt it."""
-        if self._closed:
-            return
+        session = self.end()
+        if session is not None:
+            await session.close()
+
+    def end(self) -> _AS | None:
+        """End the scope everywhere and hand its session (if it was made) to
+        the caller, who closes it; for :meth:`aclose` and callers that must do
+        something first (the test isolation's rollback)."""
+        token, self._token = self._token, None
+        if token is not None:
+            try:
+                self._registry.shared.reset(token)
+            except ValueError:
+                pass  # ended in another context than it was entered in
         self._closed = True
         session, self._session = self._session, None
         if session is not None:
             session._async_sa_scope = None
-            await session.close()
+        return session
 
     async def __aenter__(self) -> SharedSessionScope[_AS]:
         return self.enter()
 
     async def __aexit__(self, *exc_info: object) -> None:
-        token, self._token = self._token, None
-        try:
-            if token is not None:
-                try:
-                    self._registry.shared.reset(token)
-                except ValueError:
-                    pass  # left in another context than it was entered in
-        finally:
-            await self.aclose()
+        await self.aclose()
 
     def applies_to(self, task: asyncio.Task[t.Any] | None) -> bool:
         """Whether ``task`` (in whose context the scope is) shares the session:

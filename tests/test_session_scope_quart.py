@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import typing as t
-from collections.abc import AsyncIterator
 
 import pytest
 import quart
@@ -22,8 +21,14 @@ App = tuple[quart.Quart, SQLAlchemy, type[t.Any]]
 
 
 @pytest.fixture
-async def notes(backend: Backend, new_db: NewDb, tmp_path: t.Any) -> AsyncIterator[App]:
+async def notes(backend: Backend, new_db: NewDb, tmp_path: t.Any) -> App:
     """An app on ``backend`` whose views read, rename and add notes, committing."""
+    return await notes_app(backend, new_db, tmp_path)
+
+
+async def notes_app(backend: Backend, new_db: NewDb, tmp_path: t.Any) -> App:
+    """An app on ``backend`` whose views read, rename and add notes, committing;
+    its table created."""
     app = quart.Quart("notes", instance_path=str(tmp_path / "instance"))
     app.config["SQLALCHEMY_DATABASE_URI"] = backend.url
     app.config["SQLALCHEMY_ENGINE_OPTIONS"] = backend.engine_options
@@ -54,7 +59,7 @@ async def notes(backend: Backend, new_db: NewDb, tmp_path: t.Any) -> AsyncIterat
 
     async with app.app_context():
         await db.create_all()
-    yield app, db, Note
+    return app, db, Note
 
 
 async def test_a_request_changes_the_tests_object_and_the_test_sees_it(
