@@ -1,0 +1,1 @@
+"""A standalone ``db`` and its tests on ``async_sa.testing`` (README "Testing")."""
