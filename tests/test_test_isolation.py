@@ -231,3 +231,22 @@ async def test_the_isolation_costs_one_round_trip_per_test_and_engine(
     assert sent == ["SAVEPOINT", "INSERT", "RELEASE", "SAVEPOINT", "SELECT", "ROLLBACK"]
     assert len(plain) == 6
     assert isolated.count("BEGIN") == (2 if db.engine.dialect.name == "sqlite" else 1)
+
+
+async def test_a_statement_cancelled_inside_still_rolls_everything_back(
+    db: SQLAlchemy, todo: type[t.Any]
+) -> None:
+    """Statements cut by cancellation at successive points inside the block:
+    the exit still rolls back what was committed and returns the connection."""
+    for delay in (0, 0.001, 0.005):
+        async with db.test_isolation():
+            db.session.add(todo(title="committed"))
+            await db.session.commit()
+            statement = asyncio.create_task(
+                db.session.execute(sa.select(todo).where(todo.title != ""))
+            )
+            await asyncio.sleep(delay)
+            statement.cancel()
+            await asyncio.gather(statement, return_exceptions=True)
+        assert checked_out(db) == 0
+        assert await count(db, todo) == 0

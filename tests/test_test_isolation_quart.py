@@ -14,6 +14,7 @@ from tests.conftest import Backend
 from tests.conftest import NewDb
 from tests.test_quart_extension import checked_out
 from tests.test_quart_extension import count
+from tests.test_quart_extension import note_model
 from tests.test_session_scope_quart import App
 from tests.test_session_scope_quart import notes_app
 
@@ -72,3 +73,34 @@ async def test_an_app_without_init_app_is_refused(notes: App) -> None:
         with pytest.raises(RuntimeError, match="init_app"):
             async with db.test_isolation():
                 pass
+
+
+async def test_commit_on_success_commits_inside_the_isolation(
+    backend: Backend, new_db: NewDb, tmp_path: t.Any
+) -> None:
+    """With SQLALCHEMY_COMMIT_ON_SUCCESS, a request's work is committed after
+    the response (another session sees it inside) and rolled back at exit."""
+    app = quart.Quart("cos", instance_path=str(tmp_path / "instance"))
+    app.config.update(
+        SQLALCHEMY_DATABASE_URI=backend.url,
+        SQLALCHEMY_ENGINE_OPTIONS=backend.engine_options,
+        SQLALCHEMY_COMMIT_ON_SUCCESS=True,
+    )
+    db = new_db()
+    db.init_app(app)
+    Note = note_model(db)
+
+    @app.post("/notes")
+    async def add() -> tuple[str, int]:
+        db.session.add(Note(text="committed on success"))
+        return "", 201
+
+    async with app.app_context():
+        await db.create_all()
+    async with app.app_context(), db.test_isolation():
+        assert (await app.test_client().post("/notes")).status_code == 201
+        assert not db.session.new
+        async with db.sessionmaker() as session:
+            assert await session.scalar(sa.select(Note.text)) == "committed on success"
+    assert checked_out(app) == 0
+    assert await count(app, db, Note) == 0
