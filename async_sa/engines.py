@@ -21,6 +21,7 @@ from sqlalchemy.engine.default import DefaultDialect
 from sqlalchemy.pool import AsyncAdaptedQueuePool
 
 from async_sa import event_loops
+from async_sa import pgbouncer
 from async_sa.cleanup import run_to_completion
 
 BindKey = str | None
@@ -137,7 +138,8 @@ def resolve_engine_options(
     """Work out the ``create_async_engine`` options of every engine.
 
     Each bind starts from ``engine_options``; its own dict form wins over them.
-    The default engine (key ``None``) exists only when ``url`` is given.
+    The default engine (key ``None``) exists only when ``url`` is given. The
+    ``pgbouncer`` switch becomes driver settings (see :mod:`async_sa.pgbouncer`).
 
     :param url_source: the config key or argument ``url`` came from.
     :param binds_source: the config key or argument ``binds`` came from.
@@ -147,28 +149,41 @@ def resolve_engine_options(
         where = f"{binds_source}[{key!r}]"
         if isinstance(value, Mapping):
             options = {**engine_options, **value}
+            shared = pgbouncer.OPTION not in value
             if "url" not in options:
                 raise ValueError(
                     f"{where} has no 'url': add one, as in {{'url': ...}}."
                 )
         elif isinstance(value, (str, sa.URL)):
             options = {**engine_options, "url": value}
+            shared = True
         else:
             raise TypeError(
                 f"{where} must be a URL string, a sqlalchemy.URL or a dict with a "
                 f"'url' key, not {type(value).__name__}."
             )
-        resolved[key] = _finish_options(options, echo, sqlite_base_dir, where)
+        resolved[key] = _finish_options(
+            options, echo, sqlite_base_dir, where, shared=shared, in_binds=True
+        )
     if url is not None:
         options = {**engine_options, "url": url}
-        resolved[None] = _finish_options(options, echo, sqlite_base_dir, url_source)
+        resolved[None] = _finish_options(
+            options, echo, sqlite_base_dir, url_source, shared=True, in_binds=False
+        )
     return resolved
 
 
 def _finish_options(
-    options: dict[str, t.Any], echo: bool | None, sqlite_base_dir: str, where: str
+    options: dict[str, t.Any],
+    echo: bool | None,
+    sqlite_base_dir: str,
+    where: str,
+    *,
+    shared: bool,
+    in_binds: bool,
 ) -> dict[str, t.Any]:
     url = to_async_url(options["url"], where=where)
+    pgbouncer.apply(url, options, where=where, shared=shared, in_binds=in_binds)
     if echo is not None:
         options.setdefault("echo", echo)
         options.setdefault("echo_pool", echo)
