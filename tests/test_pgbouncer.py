@@ -21,6 +21,7 @@ from sqlalchemy.orm import mapped_column
 
 from async_sa import signals
 from async_sa import SQLAlchemy
+from async_sa.engines import resolve_engine_options
 from tests.conftest import asyncpg_dsn
 from tests.conftest import NewDb
 from tests.pg_cluster import PgBouncer
@@ -232,6 +233,40 @@ async def test_switch_turned_off_in_a_bind_leaves_it_as_it_was(new_db: NewDb) ->
     )
     async with db.get_engine("cache").connect() as connection:
         assert await connection.scalar(sa.text("SELECT 1")) == 1
+
+
+@pytest.mark.parametrize(
+    ("drivername", "expected"),
+    [
+        (
+            "postgresql+asyncpg",
+            {"statement_cache_size": 0, "prepared_statement_cache_size": 0},
+        ),
+        ("postgresql+psycopg", {"prepare_threshold": None}),
+        ("postgresql+psycopg_async", {"prepare_threshold": None}),
+    ],
+)
+def test_switch_sets_the_drivers_connect_args_and_the_users_win(
+    drivername: str, expected: dict[str, t.Any]
+) -> None:
+    """Each driver gets the settings the README lists (asyncpg's statements
+    unnamed), beside the user's own ``connect_args``, which win key by key."""
+    overridden = next(iter(expected))
+    user_args = {"a_setting_of_the_users": "kept", overridden: "the user's"}
+    options = resolve_engine_options(
+        url=None,
+        binds={"app": {"url": f"{drivername}://db.example/app", "pgbouncer": True}},
+        engine_options={"connect_args": user_args},
+        echo=None,
+        sqlite_base_dir=".",
+        url_source="url=",
+        binds_source="binds=",
+    )["app"]
+    assert "pgbouncer" not in options
+    connect_args = dict(options["connect_args"])
+    if drivername.endswith("asyncpg"):
+        assert connect_args.pop("prepared_statement_name_func")() == ""
+    assert connect_args == {**expected, **user_args}
 
 
 async def test_transaction_pooling_breaks_prepared_statements_without_the_switch(
