@@ -48,6 +48,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import typing as t
+from collections.abc import Coroutine
 
 from async_sa import event_loops
 from async_sa.errors import ConcurrentSessionUseError
@@ -57,6 +58,7 @@ if t.TYPE_CHECKING:
     from async_sa.session import AsyncSession
 
 _AS = t.TypeVar("_AS", bound="AsyncSession")
+_T = t.TypeVar("_T")
 
 
 class SharedSessionScope(t.Generic[_AS]):
@@ -154,8 +156,8 @@ class SharedSessionScope(t.Generic[_AS]):
         if session is None:
             session = self._session = self._registry.createfunc()
             session._async_sa_scope = self
-            session._async_sa_users = _OneTaskAtATime()
-        else:
+            session._async_sa_users = []
+        elif session._async_sa_users:
             _check_alone(session._async_sa_users, task)
         return session
 
@@ -166,13 +168,26 @@ class SharedSessionScope(t.Generic[_AS]):
             await self.aclose()
 
 
-class _OneTaskAtATime(list["asyncio.Task[t.Any] | None"]):
-    """The tasks awaiting operations on a shared session (see
-    ``AsyncSession._async_sa_users``): a second task starting one fails."""
+async def one_task_at_a_time(
+    users: list[asyncio.Task[t.Any] | None], operation: Coroutine[t.Any, t.Any, _T]
+) -> _T:
+    """Await ``operation``, an operation on a shared scope's session, as the
+    only task awaiting one; ``users`` are those tasks (the session's
+    ``_async_sa_users``).
 
-    def append(self, task: asyncio.Task[t.Any] | None) -> None:
-        _check_alone(self, task)
-        super().append(task)
+    :raises ConcurrentSessionUseError: another task is awaiting one.
+    """
+    task = asyncio.current_task()
+    try:
+        _check_alone(users, task)
+    except ConcurrentSessionUseError:
+        operation.close()
+        raise
+    users.append(task)
+    try:
+        return await operation
+    finally:
+        users.remove(task)
 
 
 def _check_alone(
