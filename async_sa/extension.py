@@ -25,10 +25,14 @@ from async_sa.cleanup import DEFAULT_CLOSE_TIMEOUT
 from async_sa.engines import BindConfig
 from async_sa.engines import BindKey
 from async_sa.engines import UrlLike
+from async_sa.integration import Integration
+from async_sa.integration import OwnerConfig
+from async_sa.integration import STANDALONE
 from async_sa.model import make_model_base
 from async_sa.scoping import ScopedSession
 from async_sa.session import AsyncSession
 from async_sa.session import Session
+from async_sa.session import SessionMaker
 from async_sa.state import State
 from async_sa.test_isolation import TestIsolation
 
@@ -96,11 +100,10 @@ class SQLAlchemy:
         self._close_timeout = check_close_timeout(close_timeout, where="close_timeout")
         self._disable_autonaming = disable_autonaming
         self._standalone: State | None = None
-        self._app_states: weakref.WeakKeyDictionary[t.Any, State] = (
+        self._owner_states: weakref.WeakKeyDictionary[t.Any, State] = (
             weakref.WeakKeyDictionary()
         )
-        self._find_app_state: Callable[[], State | None] | None = None
-        """Set by :meth:`init_app`: the state of the current app, if any."""
+        self._integration: Integration = STANDALONE
 
         self.metadatas: dict[BindKey, sa.MetaData] = {}
         """Bind key → the ``MetaData`` holding the tables of that bind: one for
@@ -113,8 +116,8 @@ class SQLAlchemy:
         for key in self._binds:
             self._make_metadata(key)
 
-        self.sessionmaker: sa_async.async_sessionmaker[AsyncSession] = (
-            _make_sessionmaker(self, session_options or {})
+        self.sessionmaker: SessionMaker[AsyncSession] = _make_sessionmaker(
+            self._current_state, session_options or {}
         )
         """Makes explicit, unscoped sessions configured like ``db.session``."""
         self.session: ScopedSession[AsyncSession] = ScopedSession(self.sessionmaker)
@@ -127,6 +130,59 @@ class SQLAlchemy:
         from async_sa.quart import init_app
 
         init_app(self, app)
+
+    # -- the framework seam (see async_sa.integration) -----------------------------
+
+    def use_integration(self, integration: Integration) -> None:
+        """Hand the framework's :class:`~async_sa.integration.Integration` over,
+        once: from now on it names the current owner, answers 404s and gives
+        the query string. Handing the same one again does nothing.
+
+        :raises RuntimeError: another integration was handed over already.
+        """
+        if integration is self._integration:
+            return
+        if self._integration is not STANDALONE:
+            raise RuntimeError(
+                f"This SQLAlchemy object already serves {self._integration!r}; "
+                f"it cannot serve {integration!r} too: use one SQLAlchemy object "
+                "per framework."
+            )
+        self._integration = integration
+        _record_queries.register_scope(integration.query_scope)
+
+    def add_owner(self, owner: t.Any, config: OwnerConfig) -> State:
+        """Create the engines of ``owner`` (an app) from ``config`` (see
+        :func:`~async_sa.integration.resolve_config`); sessions made while the
+        integration names ``owner`` current use them, and its commit signals
+        are sent by ``owner``. The engines are forgotten with ``owner``.
+
+        :raises RuntimeError: ``owner`` was added already.
+        """
+        if owner in self._owner_states:
+            raise RuntimeError(
+                f"{owner!r} already has its engines from this SQLAlchemy object: "
+                "add each owner once."
+            )
+        state = self._owner_states[owner] = self._make_state(
+            config.engine_options,
+            sender=owner,
+            track_modifications=config.track_modifications,
+            record_queries=config.record_queries,
+            commit_on_success=config.commit_on_success,
+            close_timeout=config.close_timeout,
+        )
+        return state
+
+    def state_for(self, owner: t.Any = None) -> State:
+        """The engines and switches of ``owner``; ``None``: this object's own
+        (``url=``, ``binds=``).
+
+        :raises KeyError: ``owner`` was never added.
+        """
+        if owner is None:
+            return self._standalone_state()
+        return self._owner_states[owner]
 
     def __repr__(self) -> str:
         name = type(self).__name__
@@ -176,29 +232,30 @@ class SQLAlchemy:
         return self._current_state().engine(bind_key)
 
     def _current_state(self) -> State:
-        """The state sessions made now belong to: the current app's, else ours."""
-        if self._find_app_state is not None:
-            state = self._find_app_state()
+        """The state sessions made now belong to: the current owner's, else ours.
+
+        Inside an owner this object does not know, its own configuration
+        (``url=`` / ``binds=``) is used if it has one; otherwise that is the
+        integration's "did you register it?" error.
+        """
+        owner = self._integration.current_owner()
+        if owner is not None:
+            state = self._owner_states.get(owner)
             if state is not None:
                 return state
-        if self._standalone is None:
-            self._standalone = self._make_standalone_state()
-        return self._standalone
+            if self._url is None and not self._binds:
+                raise self._integration.unknown_owner(owner)
+        return self._standalone_state()
+
+    def _standalone_state(self) -> State:
+        standalone = self._standalone
+        if standalone is None:
+            standalone = self._standalone = self._make_standalone_state()
+        return standalone
 
     def _make_standalone_state(self) -> State:
         if self._url is None and not self._binds:
-            if self._find_app_state is not None:
-                raise RuntimeError(
-                    "This SQLAlchemy object is configured through init_app(app) "
-                    "and was used outside an app context: push one with "
-                    "'async with app.app_context():', or pass url= to "
-                    "SQLAlchemy() for use outside Quart."
-                )
-            raise RuntimeError(
-                "No database is configured: pass url= (or binds=) to SQLAlchemy(), "
-                "or call db.init_app(app) with SQLALCHEMY_DATABASE_URI (or "
-                "SQLALCHEMY_BINDS) set in app.config."
-            )
+            raise self._integration.missing_owner()
         options = _engines.resolve_engine_options(
             url=self._url,
             binds=self._binds,
@@ -231,6 +288,7 @@ class SQLAlchemy:
         state = State(
             engines=engines,
             sender=sender,
+            metadatas=self.metadatas,
             track_modifications=(
                 self._track_modifications
                 if track_modifications is None
@@ -260,7 +318,7 @@ class SQLAlchemy:
         """
         await self.session.remove()
         await self.session.registry.wait_closed()
-        states = [*self._app_states.values()]
+        states = [*self._owner_states.values()]
         if self._standalone is not None:
             states.append(self._standalone)
         for state in states:
@@ -430,8 +488,8 @@ class SQLAlchemy:
 
 
 def _make_sessionmaker(
-    db: SQLAlchemy, options: Mapping[str, t.Any]
-) -> sa_async.async_sessionmaker[AsyncSession]:
+    find_state: Callable[[], State], options: Mapping[str, t.Any]
+) -> SessionMaker[AsyncSession]:
     options = {"class_": AsyncSession, "expire_on_commit": False, **options}
     if "scopefunc" in options:
         raise TypeError(
@@ -445,7 +503,7 @@ def _make_sessionmaker(
     options["sync_session_class"] = _with_ours(
         sync_class, Session, "sync_session_class"
     )
-    return sa_async.async_sessionmaker(db=db, **options)
+    return SessionMaker(find_state, **options)
 
 
 def _with_ours(given: t.Any, ours: type[_C], option: str) -> type[_C]:

@@ -10,7 +10,7 @@ from collections.abc import Mapping
 
 import sqlalchemy as sa
 
-from async_sa.state import State
+from async_sa.integration import Integration
 
 if t.TYPE_CHECKING:
     from async_sa.extension import SQLAlchemy
@@ -233,8 +233,10 @@ async def paginate(
             f"max_per_page must be at least 1, not {max_per_page}; pass None for "
             f"the default of {DEFAULT_MAX_PER_PAGE}."
         )
-    state = db._current_state()
-    page, per_page = _page_arguments(state, page, per_page, max_per_page, error_out)
+    integration = db._integration
+    page, per_page = _page_arguments(
+        integration, page, per_page, max_per_page, error_out
+    )
     session = db.session()
     offset = (page - 1) * per_page
     # Count first: the page's rows, kept across the count's round trip, would
@@ -253,7 +255,7 @@ async def paginate(
         result = await session.execute(select.limit(per_page).offset(offset))
         items = list(result.unique().scalars())
     if not items and page != 1 and error_out:
-        state.not_found(f"Page {page} is past the last page.")
+        integration.not_found(f"Page {page} is past the last page.")
     return SelectPagination(
         items,
         page=page,
@@ -266,7 +268,7 @@ async def paginate(
 
 
 def _page_arguments(
-    state: State,
+    integration: Integration,
     page: int | None,
     per_page: int | None,
     max_per_page: int,
@@ -274,29 +276,29 @@ def _page_arguments(
 ) -> tuple[int, int]:
     """``page`` and ``per_page``: given, else from the query string, else defaults.
 
-    Invalid values end in ``state.not_found`` with ``error_out``, and fall back to
+    Invalid values end in ``integration.not_found`` with ``error_out``, and fall back to
     the defaults without it.
     """
-    args = state.request_args()
+    args = integration.request_args()
     if page is None:
-        page = _from_query_string(state, args, "page", 1, error_out)
+        page = _from_query_string(integration, args, "page", 1, error_out)
     if per_page is None:
         per_page = _from_query_string(
-            state, args, "per_page", DEFAULT_PER_PAGE, error_out
+            integration, args, "per_page", DEFAULT_PER_PAGE, error_out
         )
     if page < 1:
         if error_out:
-            state.not_found(f"Page {page} does not exist; pages start at 1.")
+            integration.not_found(f"Page {page} does not exist; pages start at 1.")
         page = 1
     if per_page < 1:
         if error_out:
-            state.not_found(f"per_page must be at least 1, not {per_page}.")
+            integration.not_found(f"per_page must be at least 1, not {per_page}.")
         per_page = DEFAULT_PER_PAGE
     return page, min(per_page, max_per_page)
 
 
 def _from_query_string(
-    state: State,
+    integration: Integration,
     args: Mapping[str, str] | None,
     name: str,
     default: int,
@@ -308,7 +310,7 @@ def _from_query_string(
     match = _INTEGER.fullmatch(value)
     if match is None:
         if error_out:
-            state.not_found(f"The {name!r} query argument must be an integer.")
+            integration.not_found(f"The {name!r} query argument must be an integer.")
         return default
     sign, digits = match.groups()
     number = int(digits) if len(digits) <= _MAX_DIGITS else 10**_MAX_DIGITS

@@ -18,12 +18,10 @@ from async_sa import aborted_transactions
 from async_sa import test_isolation
 from async_sa import track_modifications
 from async_sa.cleanup import close_within
-from async_sa.engines import BindKey
 from async_sa.shared_session import one_task_at_a_time
 from async_sa.state import State
 
 if t.TYPE_CHECKING:
-    from async_sa.extension import SQLAlchemy
     from async_sa.scoping import TaskRegistry
     from async_sa.shared_session import SharedSessionScope
 
@@ -47,12 +45,9 @@ class Session(sa_orm.Session):
     """
 
     _async_sa_state: State
-    _async_sa_metadatas: dict[BindKey, sa.MetaData]
-    """``db.metadatas``: only their tables are kept in ``State.routes``."""
 
-    def __init__(self, *, db: SQLAlchemy, **kwargs: t.Any) -> None:
-        self._async_sa_state = db._current_state()
-        self._async_sa_metadatas = db.metadatas
+    def __init__(self, *, async_sa_state: State, **kwargs: t.Any) -> None:
+        self._async_sa_state = async_sa_state
         super().__init__(**kwargs)
         if test_isolation.active():
             test_isolation.join_if_isolated(self)
@@ -110,7 +105,7 @@ def _engine_for(session: Session, table: sa.Table | None) -> sa.Engine:
     except KeyError:
         metadata = table.metadata
         engine = state.sync_engine(metadata.info.get("bind_key"))
-        if any(metadata is own for own in session._async_sa_metadatas.values()):
+        if any(metadata is own for own in state.metadatas.values()):
             state.routes[table] = engine
         return engine
 
@@ -278,3 +273,25 @@ class _Transaction(sa_async.AsyncSessionTransaction):
     on the session, like the session's own."""
 
     __slots__ = ()
+
+
+_AS = t.TypeVar("_AS", bound=AsyncSession)
+
+
+class SessionMaker(sa_async.async_sessionmaker[_AS]):
+    """``db.sessionmaker``: an ``async_sessionmaker`` whose sessions belong to the
+    owner current when each is made (the standalone ``db``, or the app of the
+    current context), whose engines they route to.
+
+    :param find_state: returns the current owner's :class:`State`.
+    """
+
+    def __init__(self, find_state: t.Callable[[], State], /, **kwargs: t.Any) -> None:
+        super().__init__(**kwargs)
+        self._find_state = find_state
+
+    if not t.TYPE_CHECKING:  # the type checker keeps SQLAlchemy's signature
+
+        def __call__(self, **local_kw):
+            local_kw["async_sa_state"] = self._find_state()
+            return super().__call__(**local_kw)

@@ -1,6 +1,6 @@
 """The ``*_or_404`` helpers: a missing row ends the request with a 404.
 
-Each ends through the owner's ``not_found`` hook: ``abort(404)`` under Quart,
+Each ends through the integration's ``not_found`` hook: ``abort(404)`` under Quart,
 :class:`async_sa.NotFound` (a :class:`LookupError`) standalone.
 """
 
@@ -53,7 +53,7 @@ async def get_or_404(
     session = db.session()
     ident = _identity(entity, ident)
     if ident is _NO_ROW:
-        db._current_state().not_found(description)
+        db._integration.not_found(description)
     # The check flush() starts with; session.new/dirty/deleted would build
     # three sets to say the same, and an empty flush costs a greenlet round.
     if session.autoflush and not session.sync_session._is_clean():
@@ -66,7 +66,7 @@ async def get_or_404(
         await session.rollback()
         instance = None
     if instance is None:
-        db._current_state().not_found(description)
+        db._integration.not_found(description)
     return instance
 
 
@@ -77,7 +77,7 @@ async def first_or_404(
     no row (or that value is ``NULL``)."""
     value = await db.session.scalar(statement)
     if value is None:
-        db._current_state().not_found(description)
+        db._integration.not_found(description)
     return value
 
 
@@ -90,7 +90,7 @@ async def one_or_404(
     try:
         return result.scalar_one()
     except (sa.exc.NoResultFound, sa.exc.MultipleResultsFound):
-        db._current_state().not_found(description)
+        db._integration.not_found(description)
 
 
 def _identity(entity: t.Any, ident: t.Any) -> t.Any:

@@ -16,6 +16,7 @@ from sqlalchemy.orm import selectinload
 from async_sa import NotFound
 from async_sa import Pagination
 from async_sa import SQLAlchemy
+from async_sa.integration import Integration
 
 
 def page_of(total: int | None, page: int = 1, per_page: int = 10) -> Pagination:
@@ -147,9 +148,19 @@ async def models(db: SQLAlchemy) -> Models:
     return Models(Todo, Parent, Child)
 
 
+class QueryString(Integration):
+    """An integration whose every request has the same query string."""
+
+    def __init__(self, args: Mapping[str, str]) -> None:
+        self.args = args
+
+    def request_args(self) -> Mapping[str, str] | None:
+        return self.args
+
+
 def query_string(db: SQLAlchemy, args: Mapping[str, str]) -> None:
     """Make ``db`` see ``args`` as the current request's query string."""
-    db._current_state().request_args = lambda: args
+    db.use_integration(QueryString(args))
 
 
 def todos(models: Models) -> sa.Select[t.Any]:

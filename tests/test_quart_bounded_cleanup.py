@@ -90,5 +90,5 @@ async def test_close_timeout_config_beats_the_constructor(
     silent.config.update(SQLALCHEMY_DATABASE_URI="sqlite://")
     db.init_app(configured)
     db.init_app(silent)
-    assert configured.extensions["sqlalchemy"].state.close_timeout == 0.5
-    assert silent.extensions["sqlalchemy"].state.close_timeout == 7.0
+    assert db.state_for(configured).close_timeout == 0.5
+    assert db.state_for(silent).close_timeout == 7.0

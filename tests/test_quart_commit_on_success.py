@@ -36,7 +36,7 @@ class Site(t.NamedTuple):
             return stored or 0
 
     def checked_out(self) -> int:
-        state = self.app.extensions["sqlalchemy"].state
+        state = self.app.extensions["sqlalchemy"].state_for(self.app)
         return sum(engine.pool.checkedout() for engine in state.engines.values())
 
 

@@ -28,7 +28,7 @@ async def app(backend: Backend, tmp_path: Path) -> AsyncIterator[quart.Quart]:
     async with app.app_context():
         await notes_app.db.create_all()
     yield app
-    for engine in app.extensions["sqlalchemy"].state.engines.values():
+    for engine in app.extensions["sqlalchemy"].state_for(app).engines.values():
         await engine.dispose()
 
 
@@ -74,7 +74,7 @@ def test_config_comes_from_quart_environment_variables(
     url = "postgresql://notes@db.example/notes"
     monkeypatch.setenv("QUART_SQLALCHEMY_DATABASE_URI", url)
     app = notes_app.create_app(instance_path=str(tmp_path))
-    engines: dict[t.Any, t.Any] = app.extensions["sqlalchemy"].state.engines
+    engines: dict[t.Any, t.Any] = app.extensions["sqlalchemy"].state_for(app).engines
     assert str(engines[None].url) == "postgresql+asyncpg://notes@db.example/notes"
     assert engines["audit"].url == engines[None].url
 

@@ -17,7 +17,9 @@ from sqlalchemy.orm import mapped_column
 from werkzeug.exceptions import NotFound as HTTPNotFound
 
 from async_sa import models_committed
+from async_sa import NotFound
 from async_sa import SQLAlchemy
+from async_sa.quart import QUART
 from async_sa.state import State
 from tests.conftest import Backend
 from tests.conftest import NewDb
@@ -58,7 +60,7 @@ def backend_name(backend: Backend) -> str:
 
 
 def app_state(app: quart.Quart) -> State:
-    state: State = app.extensions["sqlalchemy"].state
+    state: State = app.extensions["sqlalchemy"].state_for(app)
     return state
 
 
@@ -354,7 +356,7 @@ async def test_teardown_logs_instead_of_raising_when_close_fails(
     response = await app.test_client().get("/break")
     monkeypatch.undo()
     assert response.status_code == 200
-    assert "closing the session at app context teardown failed" in caplog.text
+    assert "closing the request's session failed" in caplog.text
     assert checked_out(app) == 0
 
 
@@ -507,14 +509,16 @@ async def test_not_found_and_request_args_hooks_use_quart(
 ) -> None:
     """404 helpers abort(404) with the description; query args inside requests."""
     app, Note = notes
-    state = app_state(app)
-    with pytest.raises(HTTPNotFound) as info:
-        state.not_found("no such note")
-    assert info.value.description == "no such note"
+    integration = QUART
     async with app.app_context():
-        assert state.request_args() is None
+        with pytest.raises(HTTPNotFound) as info:
+            integration.not_found("no such note")
+        assert integration.request_args() is None
+    assert info.value.description == "no such note"
+    with pytest.raises(NotFound, match="no such note"):
+        integration.not_found("no such note")
     async with app.test_request_context("/?page=2"):
-        assert dict(state.request_args() or {}) == {"page": "2"}
+        assert dict(integration.request_args() or {}) == {"page": "2"}
 
 
 # -- commit on success ------------------------------------------------------------

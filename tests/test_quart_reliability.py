@@ -50,7 +50,7 @@ def engine_options(
 
 
 def checked_out(app: quart.Quart) -> int:
-    state = app.extensions["sqlalchemy"].state
+    state = app.extensions["sqlalchemy"].state_for(app)
     return sum(engine.pool.checkedout() for engine in state.engines.values())
 
 

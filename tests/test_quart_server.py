@@ -188,7 +188,7 @@ class NotesApp:
 
     @property
     def state(self) -> State:
-        state: State = self.app.extensions["sqlalchemy"].state
+        state: State = self.app.extensions["sqlalchemy"].state_for(self.app)
         return state
 
     async def create_tables(self) -> None:

@@ -111,16 +111,13 @@ def target_for(found: t.Any, source: str) -> Target:
 
 def app_target(app: t.Any) -> Target:
     """The :class:`Target` of a Quart ``app`` that ``db.init_app(app)`` set up."""
-    from async_sa.quart import _EXTENSION_KEY
-    from async_sa.quart import _QuartState
-
-    found = app.extensions.get(_EXTENSION_KEY)
-    if not isinstance(found, _QuartState):
+    found = app.extensions.get("sqlalchemy")
+    if not isinstance(found, SQLAlchemy):
         raise MigrationError(
             f"The Quart app {app.name!r} has no async_sa SQLAlchemy object: "
             "call db.init_app(app) (or SQLAlchemy(app)) where the app is made."
         )
-    return Target(found.db, found.state.engines, app)
+    return Target(found, found.state_for(app).engines, app)
 
 
 def _is_app(found: t.Any) -> bool:
@@ -133,8 +130,8 @@ def _db_target(db: SQLAlchemy, source: str) -> Target:
     """A ``db`` with a URL of its own migrates that; one serving a single app
     migrates that app's engines."""
     if db._url is not None or db._binds:
-        return Target(db, db._current_state().engines)
-    apps = list(db._app_states)
+        return Target(db, db.state_for(None).engines)
+    apps = list(db._owner_states)
     if len(apps) == 1:
         return app_target(apps[0])
     raise MigrationError(
