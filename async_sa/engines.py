@@ -6,13 +6,8 @@ Everything here is plain data in, :class:`AsyncEngine` out, so the standalone
 
 from __future__ import annotations
 
-import asyncio
 import importlib.util
-import os
-import sqlite3
 import typing as t
-import uuid
-import weakref
 from collections.abc import Mapping
 
 import sqlalchemy as sa
@@ -22,7 +17,7 @@ from sqlalchemy.pool import AsyncAdaptedQueuePool
 
 from async_sa import event_loops
 from async_sa import pgbouncer
-from async_sa.cleanup import run_to_completion
+from async_sa import sqlite
 
 BindKey = str | None
 """The key of an engine: ``None`` for the default engine, else a ``__bind_key__``."""
@@ -52,8 +47,6 @@ DRIVER_EXTRAS = {
     "asyncmy": "mysql",
 }
 """The ``async_sa[extra]`` that installs each driver module."""
-SQLITE_BUSY_TIMEOUT = 30.0
-"""Seconds a SQLite connection waits for another's write lock before failing."""
 
 
 def redact(url: sa.URL) -> str:
@@ -188,44 +181,9 @@ def _finish_options(
         options.setdefault("echo", echo)
         options.setdefault("echo_pool", echo)
     if url.get_backend_name() == "sqlite":
-        url = _apply_sqlite_defaults(url, options, sqlite_base_dir)
+        url = sqlite.apply_defaults(url, options, sqlite_base_dir)
     options["url"] = url
     return options
-
-
-def _apply_sqlite_defaults(
-    url: sa.URL, options: dict[str, t.Any], base_dir: str
-) -> sa.URL:
-    """Give SQLite the defaults concurrent async code needs.
-
-    ``:memory:`` becomes a named in-memory database (SQLite's ``memdb`` VFS) that
-    every connection of the engine shares, so each session keeps its own
-    transaction instead of all of them sharing one connection. Relative file paths
-    are made absolute under ``base_dir``. Both get a busy timeout, a queue pool
-    (SQLAlchemy before 2.0.38 gave files none), and connections that close their
-    cursors (see :class:`_CursorClosingConnection`), opened so that a cancelled
-    open still closes its connection (see :func:`_open_aiosqlite`).
-    """
-    connect_args = dict(options.get("connect_args", {}))
-    connect_args.setdefault("timeout", SQLITE_BUSY_TIMEOUT)
-    connect_args.setdefault("factory", _CursorClosingConnection)
-    if url.get_driver_name() == "aiosqlite":
-        connect_args.setdefault("async_creator_fn", _open_aiosqlite)
-    options["connect_args"] = connect_args
-    options.setdefault("poolclass", AsyncAdaptedQueuePool)
-    database = url.database or ""
-    if database in ("", ":memory:") or url.query.get("mode") == "memory":
-        return url.set(
-            database=f"file:/async_sa_memory_{uuid.uuid4().hex}",
-            query={"vfs": "memdb", "uri": "true"},
-        )
-    is_uri = url.query.get("uri") == "true" and database.startswith("file:")
-    path = database[len("file:") :] if is_uri else database
-    if os.path.isabs(path):
-        return url
-    os.makedirs(base_dir, exist_ok=True)
-    path = os.path.join(base_dir, path)
-    return url.set(database=f"file:{path}" if is_uri else path)
 
 
 def create_engine(options: Mapping[str, t.Any]) -> sa_async.AsyncEngine:
@@ -257,74 +215,6 @@ def create_engine(options: Mapping[str, t.Any]) -> sa_async.AsyncEngine:
             f"installed: pip install {fix}."
         ) from error
     if url.query.get("vfs") == "memdb":
-        _keep_memory_database_alive(engine, url)
+        sqlite.keep_memory_database_alive(engine, url)
     event_loops.keep_connections_in_their_loop(engine)
     return engine
-
-
-class _CursorClosingConnection(sqlite3.Connection):
-    """A sqlite3 connection that closes its cursors before closing itself.
-
-    Since Python 3.11, ``close()`` leaves statements that are still active (a
-    query cancelled between execute and fetch) unfinalized, so SQLite keeps the
-    connection alive as a "zombie" that holds its lock until garbage collection,
-    and every other writer waits out the busy timeout.
-    """
-
-    def __init__(self, *args: t.Any, **kwargs: t.Any) -> None:
-        super().__init__(*args, **kwargs)
-        self._cursors: weakref.WeakSet[sqlite3.Cursor] = weakref.WeakSet()
-
-    def cursor(  # type: ignore[override]
-        self, *args: t.Any, **kwargs: t.Any
-    ) -> sqlite3.Cursor:
-        cursor: sqlite3.Cursor = super().cursor(*args, **kwargs)
-        self._cursors.add(cursor)
-        return cursor
-
-    def close(self) -> None:
-        for cursor in list(self._cursors):
-            cursor.close()
-        super().close()
-
-
-async def _open_aiosqlite(*args: t.Any, **kwargs: t.Any) -> t.Any:
-    """Open an aiosqlite connection (SQLAlchemy's ``async_creator_fn``).
-
-    A task cancelled while aiosqlite's worker opens the database drops the
-    sqlite3 connection unclosed (omnilib/aiosqlite#259; a ResourceWarning since
-    Python 3.13). So the open runs to completion, and a cancellation received
-    meanwhile closes the connection before it is raised.
-    """
-    import aiosqlite
-
-    connection = aiosqlite.connect(*args, **kwargs)
-    # As SQLAlchemy's own open does: a daemon worker never holds the
-    # interpreter at exit.
-    connection._thread.daemon = True
-    opened = False
-
-    async def open_connection() -> None:
-        nonlocal opened
-        await connection
-        opened = True
-
-    try:
-        await run_to_completion(open_connection())
-    except asyncio.CancelledError:
-        if opened:
-            await run_to_completion(connection.close())
-        raise
-    return connection
-
-
-def _keep_memory_database_alive(engine: sa_async.AsyncEngine, url: sa.URL) -> None:
-    """Hold one plain connection to a ``memdb`` database while the engine lives.
-
-    SQLite frees such a database when its last connection closes; without this,
-    disposing the pool (which happens whenever an event loop ends) would empty it.
-    """
-    anchor = sqlite3.connect(
-        f"{url.database}?vfs=memdb", uri=True, check_same_thread=False
-    )
-    weakref.finalize(engine.sync_engine, anchor.close)

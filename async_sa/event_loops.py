@@ -44,6 +44,8 @@ from sqlalchemy.pool import PoolProxiedConnection
 from sqlalchemy.util import greenlet_spawn
 from sqlalchemy.util.queue import Empty
 
+from async_sa import sqlite
+
 _LOOP = "async_sa.loop"
 STOPPED_WORKER_WAIT = 5.0
 _engines_by_loop: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _LoopEngines] = (
@@ -277,26 +279,14 @@ class LoopPool(AsyncAdaptedQueuePool):
         return sum(sub_pool.overflow() for sub_pool in self._sub_pools())
 
 
-def _stop_once(driver_connection: t.Any) -> None:
-    """Make an aiosqlite connection's ``stop()`` queue its thread's stop once.
-
-    Later calls return the first call's future. The first call also records the
-    thread with the running loop, whose shutdown waits for it. The replacement
-    refers to the connection only until then (a cycle the first stop breaks).
-    """
-    stop = driver_connection.stop
-
-    def stop_once() -> asyncio.Future[t.Any] | None:
-        stopped: asyncio.Future[t.Any] | None = stop()
-        driver_connection.stop = lambda: stopped
-        try:
-            loop = asyncio.get_running_loop()
-        except RuntimeError:
-            return stopped
-        _engines_of(loop).stopped_workers.add(driver_connection._thread)
-        return stopped
-
-    driver_connection.stop = stop_once
+def _wait_for_at_loop_end(worker: threading.Thread) -> None:
+    """Have the running loop's shutdown wait for ``worker``, an aiosqlite thread
+    just stopped in it (see :func:`async_sa.sqlite.stop_once`)."""
+    try:
+        loop = asyncio.get_running_loop()
+    except RuntimeError:
+        return
+    _engines_of(loop).stopped_workers.add(worker)
 
 
 def keep_connections_in_their_loop(engine: sa_async.AsyncEngine) -> None:
@@ -315,7 +305,7 @@ def keep_connections_in_their_loop(engine: sa_async.AsyncEngine) -> None:
         if not per_loop_pool:
             _engines_of(loop).engines.setdefault(id(engine), engine)
         if stops_aiosqlite and hasattr(dbapi_connection.driver_connection, "stop"):
-            _stop_once(dbapi_connection.driver_connection)
+            sqlite.stop_once(dbapi_connection.driver_connection, _wait_for_at_loop_end)
 
     def on_checkout(
         _dbapi: t.Any, record: ConnectionPoolEntry, _proxy: PoolProxiedConnection

@@ -13,8 +13,8 @@ from sqlalchemy.pool import AsyncAdaptedQueuePool
 
 from async_sa import SQLAlchemy
 from async_sa import UnknownBindKeyError
-from async_sa.engines import SQLITE_BUSY_TIMEOUT
 from async_sa.engines import to_async_url
+from async_sa.sqlite import BUSY_TIMEOUT as SQLITE_BUSY_TIMEOUT
 from tests.conftest import Backend
 from tests.conftest import MakeDb
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from async_sa.engines import _CursorClosingConnection
+from async_sa.sqlite import CursorClosingConnection
 from tests.conftest import NewDb
 
 
@@ -21,10 +21,10 @@ async def test_connection_opened_by_a_cancelled_task_is_closed(
     """The task is cancelled while aiosqlite's worker opens the database: the
     open completes, the connection is closed, then the task ends cancelled
     (aiosqlite alone drops it unclosed, omnilib/aiosqlite#259)."""
-    opened: list[_CursorClosingConnection] = []
-    closed: list[_CursorClosingConnection] = []
+    opened: list[CursorClosingConnection] = []
+    closed: list[CursorClosingConnection] = []
 
-    class SlowToOpen(_CursorClosingConnection):
+    class SlowToOpen(CursorClosingConnection):
         def __init__(self, *args: t.Any, **kwargs: t.Any) -> None:
             super().__init__(*args, **kwargs)
             opened.append(self)
