@@ -18,8 +18,10 @@ from async_sa.model import Model
 from async_sa.pagination import Pagination
 from async_sa.record_queries import get_recorded_queries
 from async_sa.record_queries import QueryInfo
+from async_sa.scoping import ScopedSession
 from async_sa.session import AsyncSession
 from async_sa.session import Session
+from async_sa.session import SessionMaker
 from async_sa.signals import before_models_committed
 from async_sa.signals import models_committed
 
@@ -32,7 +34,9 @@ __all__ = [
     "Pagination",
     "QueryInfo",
     "SQLAlchemy",
+    "ScopedSession",
     "Session",
+    "SessionMaker",
     "TransactionAbortedError",
     "UnknownBindKeyError",
     "before_models_committed",

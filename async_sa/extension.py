@@ -14,6 +14,7 @@ from collections.abc import Mapping
 import sqlalchemy as sa
 import sqlalchemy.ext.asyncio as sa_async
 import sqlalchemy.orm as sa_orm
+from typing_extensions import TypeVar
 
 from async_sa import aborted_transactions
 from async_sa import engines as _engines
@@ -33,17 +34,19 @@ from async_sa.scoping import ScopedSession
 from async_sa.session import AsyncSession
 from async_sa.session import Session
 from async_sa.session import SessionMaker
+from async_sa.session import SessionOptions
 from async_sa.state import State
 from async_sa.test_isolation import TestIsolation
 
 _ALL = "__all__"
 _T = t.TypeVar("_T")
 _C = t.TypeVar("_C")
+_AS = TypeVar("_AS", bound=AsyncSession, default=AsyncSession, covariant=True)
 BindKeys = BindKey | Iterable[BindKey]
 """One bind key, several, or ``"__all__"``."""
 
 
-class SQLAlchemy:
+class SQLAlchemy(t.Generic[_AS]):
     """One object that owns the engines, the models and the session.
 
     Standalone, give it the database URL::
@@ -59,7 +62,10 @@ class SQLAlchemy:
     :param engine_options: ``create_async_engine`` options for every engine; a
         bind's own options win.
     :param session_options: ``async_sessionmaker`` options; the default is
-        ``expire_on_commit=False``. ``class_`` may subclass SQLAlchemy's
+        ``expire_on_commit=False``. Type checkers see ``db.session`` and
+        ``db.sessionmaker`` make the ``class_`` given (for a dict of the keys
+        of :class:`~async_sa.session.SessionOptions`). ``class_`` may subclass
+        SQLAlchemy's
         ``AsyncSession`` and ``sync_session_class`` its ``Session`` (the default
         is ``class_.sync_session_class``): a class that does not subclass ours
         (:class:`async_sa.AsyncSession`, :class:`async_sa.Session`) is combined
@@ -77,6 +83,38 @@ class SQLAlchemy:
     :param disable_autonaming: do not derive ``__tablename__`` from class names.
     """
 
+    @t.overload
+    def __init__(
+        self: SQLAlchemy[_AS],
+        app: t.Any = None,
+        *,
+        url: UrlLike | None = None,
+        binds: Mapping[str | None, BindConfig] | None = None,
+        engine_options: Mapping[str, t.Any] | None = None,
+        session_options: SessionOptions[_AS],
+        track_modifications: bool = False,
+        record_queries: bool = False,
+        close_timeout: float = DEFAULT_CLOSE_TIMEOUT,
+        metadata: sa.MetaData | None = None,
+        model_class: type[t.Any] | None = None,
+        disable_autonaming: bool = False,
+    ) -> None: ...
+    @t.overload
+    def __init__(
+        self: SQLAlchemy[AsyncSession],
+        app: t.Any = None,
+        *,
+        url: UrlLike | None = None,
+        binds: Mapping[str | None, BindConfig] | None = None,
+        engine_options: Mapping[str, t.Any] | None = None,
+        session_options: Mapping[str, t.Any] | None = None,
+        track_modifications: bool = False,
+        record_queries: bool = False,
+        close_timeout: float = DEFAULT_CLOSE_TIMEOUT,
+        metadata: sa.MetaData | None = None,
+        model_class: type[t.Any] | None = None,
+        disable_autonaming: bool = False,
+    ) -> None: ...
     def __init__(
         self,
         app: t.Any = None,
@@ -116,11 +154,11 @@ class SQLAlchemy:
         for key in self._binds:
             self._make_metadata(key)
 
-        self.sessionmaker: SessionMaker[AsyncSession] = _make_sessionmaker(
+        self.sessionmaker: SessionMaker[_AS] = _make_sessionmaker(
             self._current_state, session_options or {}
         )
         """Makes explicit, unscoped sessions configured like ``db.session``."""
-        self.session: ScopedSession[AsyncSession] = ScopedSession(self.sessionmaker)
+        self.session: ScopedSession[_AS] = ScopedSession(self.sessionmaker)
         """The current task's session; see :class:`async_sa.scoping.ScopedSession`."""
         if app is not None:
             self.init_app(app)
@@ -325,7 +363,7 @@ class SQLAlchemy:
             for engine in state.engines.values():
                 await engine.dispose()
 
-    async def __aenter__(self) -> SQLAlchemy:
+    async def __aenter__(self) -> SQLAlchemy[_AS]:
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
@@ -489,7 +527,7 @@ class SQLAlchemy:
 
 def _make_sessionmaker(
     find_state: Callable[[], State], options: Mapping[str, t.Any]
-) -> SessionMaker[AsyncSession]:
+) -> SessionMaker[t.Any]:
     options = {"class_": AsyncSession, "expire_on_commit": False, **options}
     if "scopefunc" in options:
         raise TypeError(

@@ -13,6 +13,7 @@ import sqlalchemy as sa
 import sqlalchemy.ext.asyncio as sa_async
 import sqlalchemy.orm as sa_orm
 from sqlalchemy.sql import visitors
+from typing_extensions import TypedDict
 
 from async_sa import aborted_transactions
 from async_sa import test_isolation
@@ -276,6 +277,22 @@ class _Transaction(sa_async.AsyncSessionTransaction):
 
 
 _AS = t.TypeVar("_AS", bound=AsyncSession)
+
+
+class SessionOptions(TypedDict, t.Generic[_AS], total=False):
+    """The ``session_options`` of :class:`async_sa.SQLAlchemy` that type checkers
+    follow: with ``class_``, ``db.session`` and ``db.sessionmaker`` make that
+    class. Any other ``async_sessionmaker`` option works too, typed as a plain
+    mapping (sessions are then typed :class:`AsyncSession`)."""
+
+    class_: type[_AS]
+    sync_session_class: type[sa_orm.Session]
+    autoflush: bool
+    autobegin: bool
+    expire_on_commit: bool
+    info: dict[t.Any, t.Any]
+    twophase: bool
+    close_resets_only: bool
 
 
 class SessionMaker(sa_async.async_sessionmaker[_AS]):

@@ -288,7 +288,7 @@ def test_close_timeout_must_be_a_positive_number(value: object) -> None:
     """A close_timeout that is not a number of seconds above 0 is an error
     naming the argument."""
     with pytest.raises(ValueError, match="close_timeout must be a number"):
-        SQLAlchemy(url="sqlite://", close_timeout=value)  # type: ignore[arg-type]
+        SQLAlchemy(url="sqlite://", close_timeout=value)  # type: ignore[call-overload]
 
 
 async def test_a_driver_that_ignores_termination_is_abandoned(

@@ -1,0 +1,1 @@
+"""Files that pin the public types: checked by mypy (``nox -s typing``), never run."""
