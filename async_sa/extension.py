@@ -276,14 +276,19 @@ class SQLAlchemy(t.Generic[_AS]):
         (``url=`` / ``binds=``) is used if it has one; otherwise that is the
         integration's "did you register it?" error.
         """
-        owner = self._integration.current_owner()
-        if owner is not None:
-            state = self._owner_states.get(owner)
-            if state is not None:
-                return state
-            if self._url is None and not self._binds:
-                raise self._integration.unknown_owner(owner)
-        return self._standalone_state()
+        integration = self._integration
+        if integration is not STANDALONE:
+            owner = integration.current_owner()
+            if owner is not None:
+                state = self._owner_states.get(owner)
+                if state is not None:
+                    return state
+                if self._url is None and not self._binds:
+                    raise integration.unknown_owner(owner)
+        standalone = self._standalone
+        if standalone is None:
+            standalone = self._standalone = self._make_standalone_state()
+        return standalone
 
     def _standalone_state(self) -> State:
         standalone = self._standalone
