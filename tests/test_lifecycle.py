@@ -36,6 +36,7 @@ def checked_out(db: SQLAlchemy) -> int:
     return sum(engine.pool.checkedout() for engine in db.engines.values())  # type: ignore[attr-defined]
 
 
+@pytest.mark.reliability
 async def test_forgotten_sessions_are_closed_and_forgotten(make_db: MakeDb) -> None:
     """10,000 tasks that never close their session, on a pool of 5: no pool
     timeout, nothing checked out afterwards, and an empty registry."""
