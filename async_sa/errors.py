@@ -31,10 +31,10 @@ class UnknownBindKeyError(sa.exc.UnboundExecutionError, LookupError):
 
 
 class NotFound(LookupError):
-    """Raised by the ``*_or_404`` helpers and pagination outside Quart.
-
-    Under Quart they call ``quart.abort(404)`` instead.
-    """
+    """Raised by the ``*_or_404`` helpers and pagination where no framework
+    answers 404s: under Quart they call ``quart.abort(404)``, under Starlette,
+    FastAPI and Litestar they raise the framework's own 404 (see
+    :mod:`async_sa.asgi`)."""
 
     def __init__(self, description: str | None = None) -> None:
         self.description = description

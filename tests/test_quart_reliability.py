@@ -27,7 +27,7 @@ from examples.notes_app import Note
 from tests.conftest import Backend
 from tests.conftest import count_postgres_backends
 from tests.conftest import terminate_postgres_backends
-from tests.test_quart_server import serving
+from tests.servers import serving
 
 pytestmark = pytest.mark.reliability
 

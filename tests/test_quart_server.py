@@ -11,20 +11,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import copy
-import socket
 import typing as t
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import httpx
-import hypercorn
-import hypercorn.asyncio
 import pytest
 import quart
 import sqlalchemy as sa
-import wsproto
-import wsproto.events
 from sqlalchemy.orm import Mapped
 from sqlalchemy.orm import mapped_column
 
@@ -33,69 +28,9 @@ from async_sa.state import State
 from tests.conftest import asyncpg_dsn
 from tests.conftest import Backend
 from tests.conftest import POSTGRES_URL
-
-TIMEOUT = 10.0
-"""Seconds any one step may take before the test fails instead of hanging."""
-
-
-class Server:
-    """A hypercorn server running ``app`` in this event loop."""
-
-    def __init__(self, port: int) -> None:
-        self.port = port
-        self.url = f"http://127.0.0.1:{port}"
-
-
-@contextlib.asynccontextmanager
-async def serving(app: quart.Quart) -> AsyncIterator[Server]:
-    """Serve ``app`` on a free port of 127.0.0.1 until the block ends."""
-    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    listener.bind(("127.0.0.1", 0))
-    listener.listen()
-    server = Server(listener.getsockname()[1])
-    config = hypercorn.Config()
-    config.bind = [f"fd://{listener.detach()}"]
-    config.graceful_timeout = 2
-    shutdown = asyncio.Event()
-    task = asyncio.create_task(
-        hypercorn.asyncio.serve(app, config, shutdown_trigger=shutdown.wait)
-    )
-    try:
-        yield server
-    finally:
-        shutdown.set()
-        await asyncio.wait_for(task, TIMEOUT)
-
-
-async def websocket_exchange(port: int, path: str, message: str) -> str:
-    """Open a websocket, send ``message`` and return the first text received."""
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    connection = wsproto.WSConnection(wsproto.ConnectionType.CLIENT)
-    request = wsproto.events.Request(host=f"127.0.0.1:{port}", target=path)
-    writer.write(connection.send(request))
-    received = ""
-    try:
-        while True:
-            data = await reader.read(4096)
-            if not data:
-                raise ConnectionError("the server closed the websocket early")
-            connection.receive_data(data)
-            for event in connection.events():
-                if isinstance(event, wsproto.events.AcceptConnection):
-                    writer.write(
-                        connection.send(wsproto.events.TextMessage(data=message))
-                    )
-                elif isinstance(event, wsproto.events.TextMessage):
-                    received += event.data
-                    if event.message_finished:
-                        writer.write(
-                            connection.send(wsproto.events.CloseConnection(1000))
-                        )
-                        await writer.drain()
-                        return received
-    finally:
-        writer.close()
-        await writer.wait_closed()
+from tests.servers import serving
+from tests.servers import TIMEOUT
+from tests.servers import websocket_exchange
 
 
 @pytest.fixture

@@ -1,0 +1,323 @@
+"""The ASGI middleware on Starlette, FastAPI and Litestar under a real hypercorn
+server on 127.0.0.1, on every backend: the lifecycle and reliability cases of
+the Quart extension (tests/test_quart_server.py, test_quart_commit_on_success.py)
+where they apply.
+
+Afterwards no session is registered, no connection is checked out, nothing
+uncommitted was stored and, on PostgreSQL, no backend of ours is left
+``idle in transaction``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import copy
+import logging
+import typing as t
+import uuid
+from collections.abc import AsyncIterator
+
+import httpx
+import pytest
+import sqlalchemy as sa
+
+from async_sa import models_committed
+from async_sa import Session
+from async_sa import SQLAlchemy
+from async_sa.asgi import ASGI
+from async_sa.asgi import SessionMiddleware
+from tests.asgi_apps import FRAMEWORKS
+from tests.asgi_apps import Handlers
+from tests.asgi_apps import make_app
+from tests.conftest import asyncpg_dsn
+from tests.conftest import Backend
+from tests.conftest import NewDb
+from tests.conftest import POSTGRES_URL
+from tests.servers import serving
+from tests.servers import TIMEOUT
+from tests.servers import websocket_exchange
+
+
+class Served:
+    """A notes app of one framework on one backend, and what the test checks."""
+
+    def __init__(self, framework: str, backend: Backend, new_db: NewDb) -> None:
+        self.framework = framework
+        self.backend = backend
+        self.application_name = f"async_sa_{uuid.uuid4().hex[:12]}"
+        options = copy.deepcopy(backend.engine_options)
+        if backend.is_postgres:
+            settings = options["connect_args"]["server_settings"]
+            settings["application_name"] = self.application_name
+        self.db = new_db(
+            url=backend.url, engine_options=options, track_modifications=True
+        )
+        self.handlers = Handlers(self.db, backend.is_postgres)
+
+    def app(self, *, commit_on_success: bool = False) -> t.Any:
+        return make_app(
+            self.framework, self.handlers, commit_on_success=commit_on_success
+        )
+
+    async def assert_nothing_left_open(self) -> None:
+        """No session registered, no connection checked out, none idle in tx."""
+        db = self.db
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + TIMEOUT
+        while db.session.registry.registry or self.checked_out():
+            assert loop.time() < deadline, "connections still checked out"
+            await db.session.registry.wait_closed()
+            await asyncio.sleep(0.01)
+        if self.backend.is_postgres:
+            assert await self.idle_in_transaction() == 0
+
+    def checked_out(self) -> int:
+        return sum(
+            engine.pool.checkedout()  # type: ignore[attr-defined]
+            for engine in self.db.state_for(None).engines.values()
+        )
+
+    async def idle_in_transaction(self) -> int:
+        import asyncpg
+
+        connection = await asyncpg.connect(asyncpg_dsn(POSTGRES_URL))
+        try:
+            count: int = await connection.fetchval(
+                "SELECT count(*) FROM pg_stat_activity "
+                "WHERE application_name = $1 AND state LIKE 'idle in transaction%'",
+                self.application_name,
+            )
+            return count
+        finally:
+            await connection.close()
+
+
+class ListHandler(logging.Handler):
+    """Keeps the records logged at ERROR and above."""
+
+    def __init__(self, records: list[logging.LogRecord]) -> None:
+        super().__init__(logging.ERROR)
+        self.records = records
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+@pytest.fixture(params=FRAMEWORKS)
+async def served(
+    request: pytest.FixtureRequest, backend: Backend, new_db: NewDb
+) -> AsyncIterator[Served]:
+    """The notes app on each framework and backend, its tables created."""
+    served = Served(request.param, backend, new_db)
+    await served.db.create_all()
+    await served.db.session.remove()
+    yield served
+
+
+async def test_requests_websocket_background_and_gather_children(
+    served: Served,
+) -> None:
+    """Every kind of handler has its session closed; only commits are stored."""
+    async with serving(served.app()) as server:
+        async with httpx.AsyncClient(base_url=server.url, timeout=TIMEOUT) as client:
+            created = await asyncio.gather(
+                *(client.post(f"/committed/request {n}") for n in range(5))
+            )
+            assert [r.status_code for r in created] == [201] * 5
+            flushed = await client.post("/notes/flushed only")
+            assert flushed.status_code == 201
+            later = await client.post("/later/background")
+            assert later.status_code == 202
+            await asyncio.wait_for(
+                served.handlers.hooks.background_done.wait(), TIMEOUT
+            )
+            reply = await asyncio.wait_for(
+                websocket_exchange(server.port, "/ws", "websocket"), TIMEOUT
+            )
+            assert reply.isdigit()
+            gathered = await client.get("/gather")
+            assert gathered.status_code == 200
+            assert gathered.text == str(3 * 7)
+        await served.assert_nothing_left_open()
+    assert await served.handlers.texts() == sorted(
+        [f"request {n}" for n in range(5)] + ["background", "websocket"]
+    )
+
+
+async def test_client_disconnect_mid_request_leaves_nothing_open(
+    served: Served,
+) -> None:
+    """A client that goes away while its handler awaits the database: the handler
+    is cancelled, its work rolled back, its connection returned."""
+    async with serving(served.app()) as server:
+        async with httpx.AsyncClient(base_url=server.url, timeout=TIMEOUT) as client:
+            request = asyncio.create_task(client.post("/slow"))
+            await asyncio.wait_for(served.handlers.hooks.slow_reached.wait(), TIMEOUT)
+            request.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await request
+            await served.assert_nothing_left_open()
+            after = await client.post("/committed/after")
+            assert after.status_code == 201
+        await served.assert_nothing_left_open()
+    assert await served.handlers.texts() == ["after"]
+
+
+async def test_commit_on_success_stores_successes_only(served: Served) -> None:
+    """With commit_on_success, a 2xx's flushed work is stored before the client
+    hears of it; a 4xx's is rolled back."""
+    async with serving(served.app(commit_on_success=True)) as server:
+        async with httpx.AsyncClient(base_url=server.url, timeout=TIMEOUT) as client:
+            stored = await client.post("/notes/stored")
+            assert stored.status_code == 201
+            assert await served.handlers.texts() == ["stored"]
+            refused = await client.post("/refused/refused")
+            assert refused.status_code == 400
+        await served.assert_nothing_left_open()
+    assert await served.handlers.texts() == ["stored"]
+
+
+async def test_failed_commit_is_a_500_never_a_success(served: Served) -> None:
+    """A commit that fails (a duplicate key, found only at commit) answers 500,
+    stores nothing and leaves nothing open."""
+    async with serving(served.app(commit_on_success=True)) as server:
+        async with httpx.AsyncClient(base_url=server.url, timeout=TIMEOUT) as client:
+            first = await client.post("/notes/first")
+            assert first.status_code == 201
+
+            def duplicate(session: sa.orm.Session) -> None:
+                session.add(served.handlers.Note(id=int(first.text), text="dup"))
+
+            sa.event.listen(Session, "before_commit", duplicate)
+            try:
+                failed = await client.post("/notes/second")
+            finally:
+                sa.event.remove(Session, "before_commit", duplicate)
+            assert failed.status_code == 500
+        await served.assert_nothing_left_open()
+    assert await served.handlers.texts() == ["first"]
+
+
+async def test_receiver_failing_after_a_durable_commit_keeps_the_response(
+    served: Served,
+) -> None:
+    """A models_committed receiver failing once the data is stored is logged;
+    the client gets its 2xx (a 5xx would make it send the data again)."""
+    logged: list[logging.LogRecord] = []
+    handler = ListHandler(logged)
+    # A handler of our own: Litestar reconfigures logging, pytest's caplog with it.
+    logging.getLogger("async_sa.asgi").addHandler(handler)
+
+    def audit(sender: t.Any, changes: t.Any) -> None:
+        raise RuntimeError("the audit database is down")
+
+    try:
+        async with serving(served.app(commit_on_success=True)) as server:
+            async with httpx.AsyncClient(
+                base_url=server.url, timeout=TIMEOUT
+            ) as client:
+                with models_committed.connected_to(audit):
+                    stored = await client.post("/notes/stored")
+    finally:
+        logging.getLogger("async_sa.asgi").removeHandler(handler)
+    assert stored.status_code == 201
+    [record] = logged
+    assert "durable" in record.getMessage()
+    assert record.exc_info is not None
+    error = record.exc_info[1]
+    assert "the audit database is down" in str(error and error.__cause__)
+    assert await served.handlers.texts() == ["stored"]
+
+
+async def test_not_found_and_pagination(served: Served) -> None:
+    """get_or_404 answers the framework's 404 with the description; paginate
+    reads page and per_page from the query string."""
+    async with serving(served.app()) as server:
+        async with httpx.AsyncClient(base_url=server.url, timeout=TIMEOUT) as client:
+            for n in range(7):
+                await client.post(f"/committed/note {n}")
+            missing = await client.get("/notes/12345")
+            assert missing.status_code == 404
+            assert "no such note" in missing.text
+            malformed = await client.get("/notes/abc")
+            assert malformed.status_code == 404
+            every = (await client.get("/page", params={"per_page": 100})).json()
+            assert len(every) == 7
+            page = await client.get("/page", params={"page": 2, "per_page": 3})
+            assert page.status_code == 200
+            assert page.json() == every[3:6]
+            past = await client.get("/page", params={"page": 9, "per_page": 3})
+            assert past.status_code == 404
+            bad = await client.get("/page", params={"page": "x"})
+            assert bad.status_code == 404
+        await served.assert_nothing_left_open()
+
+
+async def test_lifespan_shutdown_disposes_the_engines(served: Served) -> None:
+    """When the server stops, the db's engines are disposed (no idle
+    connection is left in the pool)."""
+    async with serving(served.app()) as server:
+        async with httpx.AsyncClient(base_url=server.url, timeout=TIMEOUT) as client:
+            assert (await client.get("/gather")).status_code == 200
+        pool = served.db.engine.pool
+        assert pool.checkedin() > 0  # type: ignore[attr-defined]
+    assert pool.checkedin() == 0  # type: ignore[attr-defined]
+
+
+async def test_plain_asgi_app_gets_a_plain_404(new_db: NewDb) -> None:
+    """A NotFound escaping an app of no known framework becomes a plain 404
+    with its description; the session is closed."""
+    db = new_db(url="sqlite://")
+
+    async def app(scope: t.Any, receive: t.Any, send: t.Any) -> None:
+        db.session()
+        ASGI.not_found("nothing here")
+
+    transport = httpx.ASGITransport(app=SessionMiddleware(app, db=db))
+    async with httpx.AsyncClient(transport=transport, base_url="http://x") as client:
+        response = await client.get("/")
+    assert response.status_code == 404
+    assert response.text == "nothing here"
+    assert not db.session.registry.registry
+
+
+async def test_a_db_serves_one_framework(new_db: NewDb) -> None:
+    """A db handed to Quart cannot be handed to the ASGI middleware too."""
+    pytest.importorskip("quart", reason="Quart is not installed")
+    import quart
+
+    db = new_db()
+    app = quart.Quart("quart_app")
+    app.config["SQLALCHEMY_DATABASE_URI"] = "sqlite://"
+    db.init_app(app)
+    with pytest.raises(RuntimeError, match="one SQLAlchemy object per framework"):
+        SessionMiddleware(make_plain_app(), db=db)
+    assert ASGI is not db._integration
+
+
+def make_plain_app() -> t.Any:
+    async def app(scope: t.Any, receive: t.Any, send: t.Any) -> None:
+        raise AssertionError("never called")
+
+    return app
+
+
+async def test_query_string_and_queries_belong_to_the_request(
+    new_db: NewDb,
+) -> None:
+    """Inside a request the integration gives its query string (first value of
+    a repeated key); outside, none."""
+    db: SQLAlchemy = new_db(url="sqlite://")
+    seen: list[t.Any] = []
+
+    async def app(scope: t.Any, receive: t.Any, send: t.Any) -> None:
+        seen.append(dict(ASGI.request_args() or {}))
+        await send({"type": "http.response.start", "status": 204, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+    transport = httpx.ASGITransport(app=SessionMiddleware(app, db=db))
+    async with httpx.AsyncClient(transport=transport, base_url="http://x") as client:
+        await client.get("/?page=2&per_page=5&page=3&empty=")
+    assert seen == [{"page": "2", "per_page": "5", "empty": ""}]
+    assert ASGI.request_args() is None
