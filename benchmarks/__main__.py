@@ -27,7 +27,7 @@ MICRO: dict[str, MicroScenario] = {
     "bulk_insert": bulk_insert.run,
     "bind_routing": bind_routing.run,
 }
-SCENARIOS = [*MICRO, "memory", "end_to_end"]
+SCENARIOS = [*MICRO, "memory", "end_to_end", "end_to_end_starlette"]
 HERE = Path(__file__).resolve().parent
 
 
@@ -162,6 +162,10 @@ def main(argv: list[str] | None = None) -> int:
         results += e2e.comparisons
         sweep = e2e
         skipped += e2e.skipped
+    if "end_to_end_starlette" in names:
+        results += end_to_end.run(
+            backends, settings, plot=None, framework="starlette"
+        ).comparisons
     elapsed = time.monotonic() - started
     print(f"\ndone in {elapsed / 60:.1f} min")
     if output is not None:

@@ -1,4 +1,4 @@
-"""The end-to-end JSON API, three ways, served by hypercorn on 127.0.0.1.
+"""The end-to-end JSON API, five ways, served by hypercorn on 127.0.0.1.
 
 - ``GET /items/<id>``: one row, or 404;
 - ``POST /items`` ``{"text": ...}``: one new row, committed, 201;
@@ -9,7 +9,10 @@
 ``async_sessionmaker`` session in ``before_request`` and closes it in
 ``teardown_appcontext``; ``--app quart_sqlalchemy`` does the same with
 quart-sqlalchemy 3.0.4's session factory, and runs in that package's own
-virtual environment (it pins older Quart and SQLAlchemy).
+virtual environment (it pins older Quart and SQLAlchemy). ``--app
+starlette_async_sa`` is Starlette with :class:`async_sa.asgi.SessionMiddleware`;
+``--app starlette_by_hand`` is Starlette with an ``async_sessionmaker`` session
+per endpoint.
 
 This file imports nothing from ``benchmarks`` or (but for ``--app async_sa``)
 ``async_sa``, so any of those environments can run it by path::
@@ -35,7 +38,13 @@ from sqlalchemy.orm import mapped_column
 
 TABLE = "bench_e2e_item"
 PER_PAGE = 20
-APPS = ("async_sa", "by_hand", "quart_sqlalchemy")
+APPS = (
+    "async_sa",
+    "by_hand",
+    "quart_sqlalchemy",
+    "starlette_async_sa",
+    "starlette_by_hand",
+)
 
 
 def _text(body: t.Any) -> str:
@@ -142,6 +151,136 @@ def quart_sqlalchemy_app(url: str, engine_options: dict[str, t.Any]) -> quart.Qu
     return app
 
 
+def starlette_async_sa_app(url: str, engine_options: dict[str, t.Any]) -> t.Any:
+    """(d) Starlette with async_sa's ASGI middleware: the request's session is
+    ``db.session``, 404s and pages come from ``db.get_or_404``/``db.paginate``."""
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import JSONResponse
+    from starlette.routing import Route
+
+    from async_sa import SQLAlchemy
+    from async_sa.asgi import SessionMiddleware
+
+    db = SQLAlchemy(url=url, engine_options=engine_options)
+
+    class Item(db.Model):  # type: ignore[name-defined,misc]
+        __tablename__ = TABLE
+        id: Mapped[int] = mapped_column(primary_key=True)
+        text: Mapped[str] = mapped_column(sa.String(200))
+
+    async def get_item(request: Request) -> JSONResponse:
+        item = await db.get_or_404(Item, request.path_params["item_id"])
+        return JSONResponse({"id": item.id, "text": item.text})
+
+    async def add_item(request: Request) -> JSONResponse:
+        item = Item(text=_starlette_text(await request.json()))
+        db.session.add(item)
+        await db.session.commit()
+        return JSONResponse({"id": item.id, "text": item.text}, 201)
+
+    async def list_items(request: Request) -> JSONResponse:
+        page = await db.paginate(sa.select(Item).order_by(Item.id), per_page=PER_PAGE)
+        return JSONResponse(
+            {
+                "items": [{"id": item.id, "text": item.text} for item in page.items],
+                "page": page.page,
+                "total": page.total,
+            }
+        )
+
+    app = Starlette(
+        routes=[
+            Route("/items/{item_id:int}", get_item),
+            Route("/items", add_item, methods=["POST"]),
+            Route("/items", list_items),
+        ]
+    )
+    app.add_middleware(SessionMiddleware, db=db)
+    return app
+
+
+def starlette_by_hand_app(url: str, engine_options: dict[str, t.Any]) -> t.Any:
+    """(e) Starlette by hand: ``async_sessionmaker``, a session per endpoint in
+    ``async with``, engines disposed at lifespan shutdown."""
+    import contextlib
+    from collections.abc import AsyncIterator
+
+    from starlette.applications import Starlette
+    from starlette.exceptions import HTTPException
+    from starlette.requests import Request
+    from starlette.responses import JSONResponse
+    from starlette.routing import Route
+
+    class Base(sa_orm.DeclarativeBase):
+        pass
+
+    class Item(Base):
+        __tablename__ = TABLE
+        id: Mapped[int] = mapped_column(primary_key=True)
+        text: Mapped[str] = mapped_column(sa.String(200))
+
+    engine = sa_async.create_async_engine(url, **engine_options)
+    make_session = sa_async.async_sessionmaker(engine, expire_on_commit=False)
+
+    async def get_item(request: Request) -> JSONResponse:
+        async with make_session() as session:
+            item = await session.get(Item, request.path_params["item_id"])
+            if item is None:
+                raise HTTPException(404)
+            return JSONResponse({"id": item.id, "text": item.text})
+
+    async def add_item(request: Request) -> JSONResponse:
+        item = Item(text=_starlette_text(await request.json()))
+        async with make_session() as session:
+            session.add(item)
+            await session.commit()
+            return JSONResponse({"id": item.id, "text": item.text}, 201)
+
+    async def list_items(request: Request) -> JSONResponse:
+        try:
+            page = max(int(request.query_params.get("page", 1)), 1)
+        except ValueError:
+            raise HTTPException(404) from None
+        async with make_session() as session:
+            total = await session.scalar(sa.select(sa.func.count()).select_from(Item))
+            items = await session.scalars(
+                sa.select(Item)
+                .order_by(Item.id)
+                .limit(PER_PAGE)
+                .offset((page - 1) * PER_PAGE)
+            )
+            return JSONResponse(
+                {
+                    "items": [{"id": item.id, "text": item.text} for item in items],
+                    "page": page,
+                    "total": total,
+                }
+            )
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        yield
+        await engine.dispose()
+
+    return Starlette(
+        routes=[
+            Route("/items/{item_id:int}", get_item),
+            Route("/items", add_item, methods=["POST"]),
+            Route("/items", list_items),
+        ],
+        lifespan=lifespan,
+    )
+
+
+def _starlette_text(body: t.Any) -> str:
+    from starlette.exceptions import HTTPException
+
+    if not isinstance(body, dict) or not isinstance(body.get("text"), str):
+        raise HTTPException(400)
+    return t.cast(str, body["text"])
+
+
 def add_routes(
     app: quart.Quart, item_class: t.Any, make_session: t.Callable[[], t.Any]
 ) -> None:
@@ -190,7 +329,7 @@ def add_routes(
         }
 
 
-async def serve(app: quart.Quart, port: int) -> None:
+async def serve(app: t.Any, port: int) -> None:
     import hypercorn.asyncio
     import hypercorn.config
 
@@ -221,6 +360,8 @@ def main() -> None:
         "async_sa": async_sa_app,
         "by_hand": by_hand_app,
         "quart_sqlalchemy": quart_sqlalchemy_app,
+        "starlette_async_sa": starlette_async_sa_app,
+        "starlette_by_hand": starlette_by_hand_app,
     }[args.app]
     app = make_app(args.url, json.loads(args.engine_options))
     asyncio.run(serve(app, args.port))

@@ -68,7 +68,18 @@ APP_LABELS = {
     "async_sa": "async_sa (Quart extension)",
     "by_hand": "hand-written async_sessionmaker",
     "quart_sqlalchemy": "quart-sqlalchemy 3.0.4",
+    "starlette_async_sa": "async_sa (Starlette, ASGI middleware)",
+    "starlette_by_hand": "Starlette, hand-written async_sessionmaker",
 }
+FRAMEWORKS = {
+    "quart": (
+        "async_sa",
+        (("by_hand", BY_HAND_TARGET), ("quart_sqlalchemy", QUART_SQLALCHEMY_TARGET)),
+    ),
+    "starlette": ("starlette_async_sa", (("starlette_by_hand", BY_HAND_TARGET),)),
+}
+"""Framework → the async_sa app, and each app it is compared with (and the
+target ratio)."""
 
 
 @dataclasses.dataclass
@@ -358,18 +369,25 @@ def run(
     *,
     plot: Path | None,
     slices: Path | None = None,
+    framework: str = "quart",
 ) -> Sweep:
-    """Every end-to-end measurement; the sweep is drawn to ``plot`` and every
-    slice written to ``slices`` (JSON) if given."""
+    """Every end-to-end measurement of ``framework``'s apps (see
+    :data:`FRAMEWORKS`); the sweep is drawn to ``plot`` and every slice written
+    to ``slices`` (JSON) if given."""
     sweep = Sweep()
-    apps = {"async_sa": sys.executable, "by_hand": sys.executable}
-    qsa_python, why = quart_sqlalchemy_python()
-    if qsa_python is None:
-        print(f"skipping quart-sqlalchemy: {why}", flush=True)
-        sweep.skipped.append(f"quart-sqlalchemy skipped: {why}")
-    else:
-        apps["quart_sqlalchemy"] = qsa_python
-        sweep.versions["quart_sqlalchemy"] = package_versions(qsa_python)
+    ours, others = FRAMEWORKS[framework]
+    apps = {ours: sys.executable}
+    for other, _ in others:
+        if other != "quart_sqlalchemy":
+            apps[other] = sys.executable
+            continue
+        qsa_python, why = quart_sqlalchemy_python()
+        if qsa_python is None:
+            print(f"skipping quart-sqlalchemy: {why}", flush=True)
+            sweep.skipped.append(f"quart-sqlalchemy skipped: {why}")
+        else:
+            apps["quart_sqlalchemy"] = qsa_python
+            sweep.versions["quart_sqlalchemy"] = package_versions(qsa_python)
     per_round = slices_per_app(len(apps))
     for name in backends:
         label = _backends.LABELS[name]
@@ -379,19 +397,16 @@ def run(
         sweep.slices[label] = []
         asyncio.run(measure(name, apps, sweep, settings))
         main = {app: by_app[app][MAIN_CONCURRENCY] for app in apps}
-        for other, target in (
-            ("by_hand", BY_HAND_TARGET),
-            ("quart_sqlalchemy", QUART_SQLALCHEMY_TARGET),
-        ):
+        for other, target in others:
             if other not in main:
                 continue
             comparison = Comparison(
                 f"end to end, {MAIN_CONCURRENCY} connections, vs {other}",
                 label,
                 target,
-                "async_sa",
+                ours,
                 other,
-                main["async_sa"],
+                main[ours],
                 main[other],
                 unit="req/s",
                 batch=f"{per_round} × {slice_size(MAIN_CONCURRENCY)} requests",

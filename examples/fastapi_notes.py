@@ -21,9 +21,7 @@ on fresh databases in a temporary folder, and exits.
 import asyncio
 import contextlib
 import datetime
-import json
 import os
-import socket
 import tempfile
 import typing as t
 from collections.abc import AsyncIterator
@@ -42,6 +40,7 @@ from sqlalchemy.orm import mapped_column
 import async_sa
 from async_sa.asgi import session_dependency
 from async_sa.asgi import SessionMiddleware
+from examples.demo import show
 
 MAX_TEXT = 500
 
@@ -165,40 +164,18 @@ async def list_audit(session: Session) -> dict[str, t.Any]:
 async def demo() -> None:
     """Serve on a free port of 127.0.0.1, send a few requests, print them and
     stop."""
-    import httpx
-    import hypercorn
-    import hypercorn.asyncio
-
-    listener = socket.socket()
-    listener.bind(("127.0.0.1", 0))
-    listener.listen()
-    url = f"http://127.0.0.1:{listener.getsockname()[1]}"
-    config = hypercorn.Config()
-    config.bind = [f"fd://{listener.detach()}"]
-    config.loglevel = "WARNING"
-    stop = asyncio.Event()
-    server = asyncio.create_task(
-        hypercorn.asyncio.serve(app, config, shutdown_trigger=stop.wait)  # type: ignore[arg-type]
+    await show(
+        app,
+        [
+            ("POST", "/notes", {"text": "buy milk"}),
+            ("POST", "/notes", {"text": "ship it"}),
+            ("POST", "/notes", {"text": ""}),
+            ("GET", "/notes?per_page=1&page=2", None),
+            ("GET", "/notes/99", None),
+            ("GET", "/audit", None),
+        ],
+        DATABASE_URL,
     )
-    print(f"serving {url} ({DATABASE_URL})")
-    try:
-        async with httpx.AsyncClient(base_url=url, timeout=10) as client:
-            for method, path, body in [
-                ("POST", "/notes", {"text": "buy milk"}),
-                ("POST", "/notes", {"text": "ship it"}),
-                ("POST", "/notes", {"text": ""}),
-                ("GET", "/notes?per_page=1&page=2", None),
-                ("GET", "/notes/99", None),
-                ("GET", "/audit", None),
-            ]:
-                response = await client.request(method, path, json=body)
-                shown = json.dumps(body) if body is not None else ""
-                print(f"\n{method} {path} {shown}".rstrip())
-                print(f"  -> {response.status_code} {response.text.strip()}")
-    finally:
-        stop.set()
-        await server
-    print("\nserver stopped")
 
 
 if __name__ == "__main__":

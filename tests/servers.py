@@ -1,18 +1,27 @@
 """Real servers for the integration tests: hypercorn on a free port of
-127.0.0.1 in the test's event loop, and a minimal websocket client."""
+127.0.0.1 in the test's event loop, a minimal websocket client, and the check
+that a served app left nothing open."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import copy
 import socket
 import typing as t
+import uuid
 from collections.abc import AsyncIterator
 
 import hypercorn
 import hypercorn.asyncio
 import wsproto
 import wsproto.events
+
+from async_sa import SQLAlchemy
+from async_sa.state import State
+from tests.conftest import asyncpg_dsn
+from tests.conftest import Backend
+from tests.conftest import POSTGRES_URL
 
 TIMEOUT = 10.0
 """Seconds any one step may take before the test fails instead of hanging."""
@@ -76,3 +85,54 @@ async def websocket_exchange(port: int, path: str, message: str) -> str:
     finally:
         writer.close()
         await writer.wait_closed()
+
+
+async def assert_nothing_left_open(
+    db: SQLAlchemy, state: State, application_name: str | None
+) -> None:
+    """No session of ``db`` registered, no connection of ``state``'s engines
+    checked out, and (given the ``application_name`` of its PostgreSQL
+    connections) none of them idle in transaction."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + TIMEOUT
+    while db.session.registry.registry or checked_out(state):
+        assert loop.time() < deadline, "connections still checked out"
+        await db.session.registry.wait_closed()
+        await asyncio.sleep(0.01)
+    if application_name is not None:
+        assert await idle_in_transaction(application_name) == 0
+
+
+def checked_out(state: State) -> int:
+    """Connections of ``state``'s engines checked out now."""
+    return sum(
+        engine.pool.checkedout()  # type: ignore[attr-defined]
+        for engine in state.engines.values()
+    )
+
+
+async def idle_in_transaction(application_name: str) -> int:
+    """PostgreSQL connections of ``application_name`` idle in transaction."""
+    import asyncpg
+
+    connection = await asyncpg.connect(asyncpg_dsn(POSTGRES_URL))
+    try:
+        count: int = await connection.fetchval(
+            "SELECT count(*) FROM pg_stat_activity "
+            "WHERE application_name = $1 AND state LIKE 'idle in transaction%'",
+            application_name,
+        )
+        return count
+    finally:
+        await connection.close()
+
+
+def named_engine_options(backend: Backend) -> tuple[dict[str, t.Any], str | None]:
+    """``backend``'s engine options, its PostgreSQL connections given a fresh
+    ``application_name`` to find them by (returned; ``None`` elsewhere)."""
+    options = copy.deepcopy(backend.engine_options)
+    if not backend.is_postgres:
+        return options, None
+    application_name = f"async_sa_{uuid.uuid4().hex[:12]}"
+    options["connect_args"]["server_settings"]["application_name"] = application_name
+    return options, application_name

@@ -12,10 +12,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import copy
 import logging
 import typing as t
-import uuid
 from collections.abc import AsyncIterator
 
 import httpx
@@ -30,10 +28,10 @@ from async_sa.asgi import SessionMiddleware
 from tests.asgi_apps import FRAMEWORKS
 from tests.asgi_apps import Handlers
 from tests.asgi_apps import make_app
-from tests.conftest import asyncpg_dsn
 from tests.conftest import Backend
 from tests.conftest import NewDb
-from tests.conftest import POSTGRES_URL
+from tests.servers import assert_nothing_left_open
+from tests.servers import named_engine_options
 from tests.servers import serving
 from tests.servers import TIMEOUT
 from tests.servers import websocket_exchange
@@ -45,11 +43,7 @@ class Served:
     def __init__(self, framework: str, backend: Backend, new_db: NewDb) -> None:
         self.framework = framework
         self.backend = backend
-        self.application_name = f"async_sa_{uuid.uuid4().hex[:12]}"
-        options = copy.deepcopy(backend.engine_options)
-        if backend.is_postgres:
-            settings = options["connect_args"]["server_settings"]
-            settings["application_name"] = self.application_name
+        options, self.application_name = named_engine_options(backend)
         self.db = new_db(
             url=backend.url, engine_options=options, track_modifications=True
         )
@@ -62,35 +56,8 @@ class Served:
 
     async def assert_nothing_left_open(self) -> None:
         """No session registered, no connection checked out, none idle in tx."""
-        db = self.db
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + TIMEOUT
-        while db.session.registry.registry or self.checked_out():
-            assert loop.time() < deadline, "connections still checked out"
-            await db.session.registry.wait_closed()
-            await asyncio.sleep(0.01)
-        if self.backend.is_postgres:
-            assert await self.idle_in_transaction() == 0
-
-    def checked_out(self) -> int:
-        return sum(
-            engine.pool.checkedout()  # type: ignore[attr-defined]
-            for engine in self.db.state_for(None).engines.values()
-        )
-
-    async def idle_in_transaction(self) -> int:
-        import asyncpg
-
-        connection = await asyncpg.connect(asyncpg_dsn(POSTGRES_URL))
-        try:
-            count: int = await connection.fetchval(
-                "SELECT count(*) FROM pg_stat_activity "
-                "WHERE application_name = $1 AND state LIKE 'idle in transaction%'",
-                self.application_name,
-            )
-            return count
-        finally:
-            await connection.close()
+        state = self.db.state_for(None)
+        await assert_nothing_left_open(self.db, state, self.application_name)
 
 
 class ListHandler(logging.Handler):

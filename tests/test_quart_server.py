@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import copy
 import typing as t
-import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -25,9 +23,9 @@ from sqlalchemy.orm import mapped_column
 
 from async_sa import SQLAlchemy
 from async_sa.state import State
-from tests.conftest import asyncpg_dsn
 from tests.conftest import Backend
-from tests.conftest import POSTGRES_URL
+from tests.servers import assert_nothing_left_open
+from tests.servers import named_engine_options
 from tests.servers import serving
 from tests.servers import TIMEOUT
 from tests.servers import websocket_exchange
@@ -46,11 +44,7 @@ class NotesApp:
     def __init__(self, db: SQLAlchemy, backend: Backend, tmp_path: Path) -> None:
         self.db = db
         self.backend = backend
-        self.application_name = f"async_sa_{uuid.uuid4().hex[:12]}"
-        options = copy.deepcopy(backend.engine_options)
-        if backend.is_postgres:
-            settings = options["connect_args"]["server_settings"]
-            settings["application_name"] = self.application_name
+        options, self.application_name = named_engine_options(backend)
         app = self.app = quart.Quart("served", instance_path=str(tmp_path))
         app.config.update(
             SQLALCHEMY_DATABASE_URI=backend.url,
@@ -136,35 +130,7 @@ class NotesApp:
 
     async def assert_nothing_left_open(self) -> None:
         """No session registered, no connection checked out, none idle in tx."""
-        db = self.db
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + TIMEOUT
-        while db.session.registry.registry or self.checked_out():
-            assert loop.time() < deadline, "connections still checked out"
-            await db.session.registry.wait_closed()
-            await asyncio.sleep(0.01)
-        if self.backend.is_postgres:
-            assert await self.idle_in_transaction() == 0
-
-    def checked_out(self) -> int:
-        return sum(
-            engine.pool.checkedout()  # type: ignore[attr-defined]
-            for engine in self.state.engines.values()
-        )
-
-    async def idle_in_transaction(self) -> int:
-        import asyncpg
-
-        connection = await asyncpg.connect(asyncpg_dsn(POSTGRES_URL))
-        try:
-            count: int = await connection.fetchval(
-                "SELECT count(*) FROM pg_stat_activity "
-                "WHERE application_name = $1 AND state LIKE 'idle in transaction%'",
-                self.application_name,
-            )
-            return count
-        finally:
-            await connection.close()
+        await assert_nothing_left_open(self.db, self.state, self.application_name)
 
 
 @pytest.fixture

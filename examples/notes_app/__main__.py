@@ -9,14 +9,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
-import socket
 import tempfile
 
-import httpx
 import hypercorn
 import hypercorn.asyncio
 
+from examples.demo import show
 from examples.notes_app import create_app
 
 
@@ -27,40 +25,24 @@ async def serve(port: int) -> None:
 
 
 async def demo() -> None:
+    """Serve on a free port of 127.0.0.1 with fresh databases in a temporary
+    folder, send a few requests, print them and stop."""
     app = create_app(instance_path=tempfile.mkdtemp(prefix="async_sa_notes_"))
-    listener = socket.socket()
-    listener.bind(("127.0.0.1", 0))
-    listener.listen()
-    url = f"http://127.0.0.1:{listener.getsockname()[1]}"
-    config = hypercorn.Config()
-    config.bind = [f"fd://{listener.detach()}"]
-    config.loglevel = "WARNING"
-    stop = asyncio.Event()
-    server = asyncio.create_task(
-        hypercorn.asyncio.serve(app, config, shutdown_trigger=stop.wait)
+    await show(
+        app,
+        [
+            ("POST", "/notes", {"text": "buy milk"}),
+            ("POST", "/notes", {"text": "write the README"}),
+            ("POST", "/notes", {"text": "ship it"}),
+            ("POST", "/notes", {"text": ""}),
+            ("GET", "/notes?per_page=2", None),
+            ("GET", "/notes?per_page=2&page=2", None),
+            ("GET", "/notes/2", None),
+            ("GET", "/notes/99", None),
+            ("GET", "/audit", None),
+        ],
+        f"databases in {app.instance_path}",
     )
-    print(f"serving {url} (databases in {app.instance_path})")
-    try:
-        async with httpx.AsyncClient(base_url=url, timeout=10) as client:
-            for method, path, body in [
-                ("POST", "/notes", {"text": "buy milk"}),
-                ("POST", "/notes", {"text": "write the README"}),
-                ("POST", "/notes", {"text": "ship it"}),
-                ("POST", "/notes", {"text": ""}),
-                ("GET", "/notes?per_page=2", None),
-                ("GET", "/notes?per_page=2&page=2", None),
-                ("GET", "/notes/2", None),
-                ("GET", "/notes/99", None),
-                ("GET", "/audit", None),
-            ]:
-                response = await client.request(method, path, json=body)
-                shown = json.dumps(body) if body is not None else ""
-                print(f"\n{method} {path} {shown}".rstrip())
-                print(f"  -> {response.status_code} {response.text.strip()}")
-    finally:
-        stop.set()
-        await server
-    print("\nserver stopped")
 
 
 def main() -> None:
