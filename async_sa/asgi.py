@@ -247,12 +247,14 @@ class SessionMiddleware:
 
 class _Receiver:
     """The ``receive`` an HTTP request's app gets. Once the request body is
-    read, a watcher awaits the next message: a client that disconnects before
-    the response is complete has the request's task cancelled (as Quart does),
-    so a handler awaiting the database gives its connection back at once
-    rather than when it ends. The app's own later ``receive()`` calls get the
-    watcher's message. A request without a body (no ``content-length`` nor
-    ``transfer-encoding``) is watched from the start."""
+    read, a watcher task awaits the next message: a client that disconnects
+    before the response is complete has the request's task cancelled (as Quart
+    does), so a handler awaiting the database gives its connection back at
+    once rather than when it ends. The app's own later ``receive()`` calls get
+    the watcher's message. A request without a body (no ``content-length`` nor
+    ``transfer-encoding``) is watched from the start, by the same one task; a
+    body the app never reads is not read ahead (that would lose the
+    backpressure on uploads), so such a request is not watched."""
 
     __slots__ = ("_first", "_receive", "_task", "_watcher", "cancelled_request", "done")
 
@@ -261,43 +263,46 @@ class _Receiver:
     ) -> None:
         self._receive = receive
         self._task = task
-        self._watcher: asyncio.Future[Message] | None = None
         self.cancelled_request = False
         """Whether the watcher cancelled the request's task."""
         self.done = False
         """Set once the response is complete: a disconnect cancels nothing then."""
         self._first: asyncio.Future[Message] | None = None
+        """The first message, read by the watcher of a request without a body."""
+        self._watcher: asyncio.Task[Message] | None = None
         if not _has_body(scope):
-            self._first = asyncio.ensure_future(self._read_first())
+            self._first = task.get_loop().create_future()
+            self._watcher = asyncio.ensure_future(self._watch(self._first))
 
     async def receive(self) -> Message:
         first = self._first
         if first is not None:
             self._first = None
             return await asyncio.shield(first)
-        if self._watcher is not None:
-            return await asyncio.shield(self._watcher)
+        watcher = self._watcher
+        if watcher is not None:
+            return await asyncio.shield(watcher)
         message = await self._receive()
-        self._watch_after(message)
+        if _is_last_body(message):
+            self._watcher = asyncio.ensure_future(self._watch(None))
         return message
 
     def stop(self) -> None:
-        """Stop reading: the request is over."""
-        for reader in (self._first, self._watcher):
-            if reader is not None and not reader.done():
-                reader.cancel()
+        """Stop watching: the request is over."""
+        if self._watcher is not None and not self._watcher.done():
+            self._watcher.cancel()
 
-    async def _read_first(self) -> Message:
+    async def _watch(self, first: asyncio.Future[Message] | None) -> Message:
         message = await self._read()
-        self._watch_after(message)
-        return message
-
-    def _watch_after(self, message: Message) -> None:
-        if message["type"] == "http.request" and not message.get("more_body"):
-            self._watcher = asyncio.ensure_future(self._watch())
-
-    async def _watch(self) -> Message:
-        message = await self._read()
+        if first is not None:
+            first.set_result(message)
+            if message["type"] == "http.request":
+                if message.get("more_body"):
+                    # A body after all (HTTP/2 needs no content-length): the
+                    # app reads the rest itself, unwatched.
+                    self._watcher = None
+                    return message
+                message = await self._read()
         if message["type"] == "http.disconnect" and not self.done:
             self.cancelled_request = True
             self._task.cancel()
@@ -310,6 +315,10 @@ class _Receiver:
             return await self._receive()
         except Exception:
             return {"type": "http.disconnect"}
+
+
+def _is_last_body(message: Message) -> bool:
+    return message["type"] == "http.request" and not message.get("more_body")
 
 
 def _has_body(scope: Scope) -> bool:

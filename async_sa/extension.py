@@ -438,7 +438,7 @@ class SQLAlchemy(t.Generic[_AS]):
         max_per_page: int | None = None,
         error_out: bool = True,
         count: bool = True,
-    ) -> Coroutine[t.Any, t.Any, _pagination.Pagination]:
+    ) -> Coroutine[t.Any, t.Any, _pagination.Pagination[t.Any]]:
         """Load one page of ``select`` with the current task's session.
 
         ``page`` and ``per_page`` default to the request's ``page`` and

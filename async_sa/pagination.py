@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from collections.abc import Mapping
 
 import sqlalchemy as sa
+from typing_extensions import TypeVar
 
 from async_sa.integration import Integration
 
@@ -35,8 +36,12 @@ _MAX_DIGITS = 19
 (parsing thousands of digits costs time, and Python refuses over 4300)."""
 
 
-class Pagination:
-    """One page of results and where it sits among the others.
+_T = TypeVar("_T", default=t.Any)
+"""The type of the items; a bare ``Pagination`` is ``Pagination[Any]``."""
+
+
+class Pagination(t.Generic[_T]):
+    """One page of results (of type ``_T``) and where it sits among the others.
 
     ``await db.paginate(select(...))`` makes these; iterating over one iterates
     over :attr:`items`.
@@ -51,7 +56,7 @@ class Pagination:
 
     def __init__(
         self,
-        items: list[t.Any],
+        items: list[_T],
         *,
         page: int,
         per_page: int,
@@ -75,7 +80,7 @@ class Pagination:
             f"items={len(self.items)} total={self.total}>"
         )
 
-    def __iter__(self) -> Iterator[t.Any]:
+    def __iter__(self) -> Iterator[_T]:
         return iter(self.items)
 
     @property
@@ -118,7 +123,7 @@ class Pagination:
         """The next page's number, ``None`` on the last page."""
         return self.page + 1 if self.has_next else None
 
-    async def prev(self, *, error_out: bool = False) -> Pagination:
+    async def prev(self, *, error_out: bool = False) -> Pagination[_T]:
         """Load the previous page, with the same ``per_page`` and ``max_per_page``.
 
         The total is copied from this page rather than counted again.
@@ -127,7 +132,7 @@ class Pagination:
         """
         return await self._sibling(self.page - 1, error_out)
 
-    async def next(self, *, error_out: bool = False) -> Pagination:
+    async def next(self, *, error_out: bool = False) -> Pagination[_T]:
         """Load the next page, with the same ``per_page`` and ``max_per_page``.
 
         The total is copied from this page rather than counted again.
@@ -136,7 +141,7 @@ class Pagination:
         """
         return await self._sibling(self.page + 1, error_out)
 
-    async def _sibling(self, page: int, error_out: bool) -> Pagination:
+    async def _sibling(self, page: int, error_out: bool) -> Pagination[_T]:
         raise TypeError(
             f"This {type(self).__name__} was built by hand and cannot load other "
             "pages; use the one db.paginate() returns."
@@ -178,12 +183,12 @@ class Pagination:
         yield from range(right_start, end)
 
 
-class SelectPagination(Pagination):
+class SelectPagination(Pagination[_T]):
     """A page of a ``select()``, loaded with the current task's ``db.session``."""
 
     def __init__(
         self,
-        items: list[t.Any],
+        items: list[_T],
         *,
         page: int,
         per_page: int,
@@ -198,7 +203,7 @@ class SelectPagination(Pagination):
         self._db = db
         self._select = select
 
-    async def _sibling(self, page: int, error_out: bool) -> Pagination:
+    async def _sibling(self, page: int, error_out: bool) -> Pagination[_T]:
         sibling = await paginate(
             self._db,
             self._select,
@@ -221,7 +226,7 @@ async def paginate(
     max_per_page: int | None = None,
     error_out: bool = True,
     count: bool = True,
-) -> Pagination:
+) -> Pagination[t.Any]:
     """Load one page of ``select`` with the current task's session.
 
     This is :meth:`SQLAlchemy.paginate <async_sa.SQLAlchemy.paginate>`; see there.
