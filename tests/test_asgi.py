@@ -288,3 +288,50 @@ async def test_query_string_and_queries_belong_to_the_request(
         await client.get("/?page=2&per_page=5&page=3&empty=")
     assert seen == [{"page": "2", "per_page": "5", "empty": ""}]
     assert ASGI.request_args() is None
+
+
+@pytest.mark.parametrize("body", [b"", b"some body"], ids=["no body", "body read"])
+async def test_disconnect_after_the_body_cancels_the_handler(
+    new_db: NewDb, body: bytes
+) -> None:
+    """A client gone before the response: the handler (which read the body, if
+    any) is cancelled, its session rolled back and closed, and the middleware
+    returns as a request that simply ended."""
+    db = new_db(url="sqlite://")
+    gone = asyncio.Event()
+    reached = asyncio.Event()
+    cancelled: list[bool] = []
+    messages = [{"type": "http.request", "body": body, "more_body": False}]
+
+    async def receive() -> dict[str, t.Any]:
+        if messages:
+            return messages.pop()
+        await gone.wait()
+        return {"type": "http.disconnect"}
+
+    async def app(scope: t.Any, receive: t.Any, send: t.Any) -> None:
+        if body:
+            assert (await receive())["body"] == body
+        await db.session.execute(sa.text("SELECT 1"))
+        reached.set()
+        try:
+            await asyncio.sleep(30)
+        except asyncio.CancelledError:
+            cancelled.append(True)
+            raise
+
+    async def send(message: t.Any) -> None:
+        raise AssertionError(f"nothing is sent to a client that is gone: {message}")
+
+    headers = [(b"content-length", str(len(body)).encode())] if body else []
+    scope = {"type": "http", "method": "POST", "headers": headers, "query_string": b""}
+    middleware = SessionMiddleware(app, db=db)
+    request = asyncio.create_task(middleware(scope, receive, send))
+    await asyncio.wait_for(reached.wait(), TIMEOUT)
+    assert db.engine.pool.checkedout() == 1  # type: ignore[attr-defined]
+    gone.set()
+    await asyncio.wait_for(request, TIMEOUT)
+    assert cancelled == [True]
+    assert not request.cancelled()
+    assert db.engine.pool.checkedout() == 0  # type: ignore[attr-defined]
+    assert not db.session.registry.registry
