@@ -48,6 +48,7 @@ import contextvars
 import logging
 import sys
 import typing as t
+import weakref
 from collections.abc import Awaitable
 from collections.abc import Callable
 from collections.abc import Mapping
@@ -245,34 +246,59 @@ class SessionMiddleware:
         return send_after_disposing
 
 
-class _Receiver:
-    """The ``receive`` an HTTP request's app gets. Once the request body is
-    read, a watcher task awaits the next message: a client that disconnects
-    before the response is complete has the request's task cancelled (as Quart
-    does), so a handler awaiting the database gives its connection back at
-    once rather than when it ends. The app's own later ``receive()`` calls get
-    the watcher's message. A request without a body (no ``content-length`` nor
-    ``transfer-encoding``) is watched from the start, by the same one task; a
-    body the app never reads is not read ahead (that would lose the
-    backpressure on uploads), so such a request is not watched."""
+WATCH_AFTER = 0.1
+"""Seconds a request runs before its client's disconnect is watched for: most
+requests are answered sooner and never pay for a watcher task."""
 
-    __slots__ = ("_first", "_receive", "_task", "_watcher", "cancelled_request", "done")
+
+class _Receiver:
+    """The ``receive`` an HTTP request's app gets, and the watch for a client
+    that goes away.
+
+    A request still running after :data:`WATCH_AFTER` seconds gets a watcher
+    task that awaits the message after the request body: a client that
+    disconnects before the response is complete has the request's task
+    cancelled (as Quart does), so a handler awaiting the database gives its
+    connection back at once rather than when it ends. The app's own later
+    ``receive()`` calls get the watcher's message. A request without a body (no
+    ``content-length`` nor ``transfer-encoding``) whose app read nothing yet
+    has its first message read by the same task. A body the app has not read
+    is not read ahead (that would lose the backpressure on uploads): such a
+    request is not watched.
+    """
+
+    __slots__ = (
+        "_bodyless",
+        "_first",
+        "_read_body",
+        "_reading",
+        "_receive",
+        "_task",
+        "_watch_list",
+        "_watcher",
+        "cancelled_request",
+        "done",
+    )
 
     def __init__(
         self, receive: Receive, task: asyncio.Task[t.Any], scope: Scope
     ) -> None:
         self._receive = receive
         self._task = task
+        self._bodyless = not _has_body(scope)
+        self._read_body = False
+        """Whether the app has received the last body chunk (or a disconnect)."""
+        self._reading = False
+        """Whether the app is awaiting the server's ``receive()`` right now."""
+        self._first: asyncio.Future[Message] | None = None
+        """The first message, read by the watcher of a request without a body."""
+        self._watcher: asyncio.Task[Message] | None = None
         self.cancelled_request = False
         """Whether the watcher cancelled the request's task."""
         self.done = False
         """Set once the response is complete: a disconnect cancels nothing then."""
-        self._first: asyncio.Future[Message] | None = None
-        """The first message, read by the watcher of a request without a body."""
-        self._watcher: asyncio.Task[Message] | None = None
-        if not _has_body(scope):
-            self._first = task.get_loop().create_future()
-            self._watcher = asyncio.ensure_future(self._watch(self._first))
+        self._watch_list = _watch_list(task.get_loop())
+        self._watch_list.add(self)
 
     async def receive(self) -> Message:
         first = self._first
@@ -282,13 +308,31 @@ class _Receiver:
         watcher = self._watcher
         if watcher is not None:
             return await asyncio.shield(watcher)
-        message = await self._receive()
-        if _is_last_body(message):
-            self._watcher = asyncio.ensure_future(self._watch(None))
+        self._reading = True
+        try:
+            message = await self._receive()
+        finally:
+            self._reading = False
+        if message["type"] != "http.request" or not message.get("more_body"):
+            self._read_body = True
         return message
+
+    def start_watching(self) -> bool:
+        """Start the watcher if the request allows it now; ``False`` to be
+        asked again later (the app is reading)."""
+        if self.done or self._reading:
+            return self.done
+        if self._read_body:
+            self._watcher = asyncio.ensure_future(self._watch(None))
+        elif self._bodyless:
+            self._first = self._task.get_loop().create_future()
+            self._watcher = asyncio.ensure_future(self._watch(self._first))
+        return True
 
     def stop(self) -> None:
         """Stop watching: the request is over."""
+        self.done = True
+        self._watch_list.forget(self)
         if self._watcher is not None and not self._watcher.done():
             self._watcher.cancel()
 
@@ -317,8 +361,57 @@ class _Receiver:
             return {"type": "http.disconnect"}
 
 
-def _is_last_body(message: Message) -> bool:
-    return message["type"] == "http.request" and not message.get("more_body")
+class _WatchLater:
+    """The requests of one loop not watched yet, with the time each started;
+    one timer every :data:`WATCH_AFTER` seconds, while there are any, starts
+    the watchers of those that have run that long (a timer per request would
+    cost more than most requests need). Refers to the loop weakly (it is a
+    value keyed by the loop); a request is forgotten when it ends."""
+
+    __slots__ = ("_armed", "_loop", "_started")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = weakref.ref(loop)
+        self._started: dict[_Receiver, float] = {}
+        self._armed = False
+
+    def add(self, receiver: _Receiver) -> None:
+        loop = self._loop()
+        assert loop is not None  # it is running the request
+        self._started[receiver] = loop.time()
+        if not self._armed:
+            self._arm(loop)
+
+    def forget(self, receiver: _Receiver) -> None:
+        self._started.pop(receiver, None)
+
+    def _arm(self, loop: asyncio.AbstractEventLoop) -> None:
+        # An empty context: no request's context variables reach the watchers.
+        loop.call_later(WATCH_AFTER, self._check, context=contextvars.Context())
+        self._armed = True
+
+    def _check(self) -> None:
+        loop = self._loop()
+        assert loop is not None  # it is running this callback
+        due = loop.time() - WATCH_AFTER
+        for receiver, started in list(self._started.items()):
+            if started <= due and receiver.start_watching():
+                del self._started[receiver]
+        self._armed = False
+        if self._started:
+            self._arm(loop)
+
+
+_watch_lists: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _WatchLater] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _watch_list(loop: asyncio.AbstractEventLoop) -> _WatchLater:
+    watch_list = _watch_lists.get(loop)
+    if watch_list is None:
+        watch_list = _watch_lists[loop] = _WatchLater(loop)
+    return watch_list
 
 
 def _has_body(scope: Scope) -> bool:
