@@ -70,7 +70,7 @@ async def test_example_app_answers_every_post_behind_pgbouncer_with_the_switch(
         async with app.app_context():
             await notes_app.db.drop_all()
         await notes_app.db.session.registry.wait_closed()
-        engines = app.extensions["sqlalchemy"].state.engines.values()
+        engines = app.extensions["sqlalchemy"].state_for(app).engines.values()
         for engine in engines:
             assert engine.pool.checkedout() == 0
             await engine.dispose()
