@@ -6,8 +6,8 @@ import asyncio
 import functools
 import inspect
 import sys
+import types
 import typing as t
-from collections.abc import Coroutine
 
 import sqlalchemy as sa
 import sqlalchemy.ext.asyncio as sa_async
@@ -123,6 +123,8 @@ def _first_table(clause: sa.ClauseElement | sa.FromClause) -> sa.Table | None:
 
 
 _C = t.TypeVar("_C", bound=type)
+if t.TYPE_CHECKING:
+    _Operation = types.CoroutineType[t.Any, t.Any, t.Any]
 
 IN_FLIGHT_POLL = 0.005
 """Seconds between two looks of a waiting close at the operations in flight."""
@@ -158,13 +160,14 @@ def _tracked_while_awaited(
     return decorate
 
 
-def _tracked(method: t.Callable[..., Coroutine[t.Any, t.Any, t.Any]]) -> t.Any:
+def _tracked(method: t.Callable[..., _Operation]) -> t.Any:
     @functools.wraps(method)
     def tracked(self: t.Any, /, *args: t.Any, **kwargs: t.Any) -> t.Any:
         operation = method(self, *args, **kwargs)
         session = self if isinstance(self, AsyncSession) else self.session
         if session._async_sa_users is not None:
-            operation = one_task_at_a_time(session._async_sa_users, operation)
+            shared = one_task_at_a_time(session._async_sa_users, operation)
+            operation = t.cast("_Operation", shared)
         _remember(session, operation)
         return operation
 
@@ -173,7 +176,9 @@ def _tracked(method: t.Callable[..., Coroutine[t.Any, t.Any, t.Any]]) -> t.Any:
     return tracked
 
 
-def _remember(session: AsyncSession, operation: Coroutine[t.Any, t.Any, t.Any]) -> None:
+def _remember(session: AsyncSession, operation: _Operation) -> None:
+    """Keep ``operation`` on ``session`` for :func:`_awaited_elsewhere`,
+    dropping the finished ones now and then."""
     operations = session._async_sa_operations
     if operations is None:
         session._async_sa_operations = [operation]
@@ -187,13 +192,18 @@ def _remember(session: AsyncSession, operation: Coroutine[t.Any, t.Any, t.Any]) 
     operations.append(operation)
 
 
-def _awaited_elsewhere(operations: list[Coroutine[t.Any, t.Any, t.Any]]) -> bool:
-    """Whether one of ``operations`` is suspended at an ``await``: started, not
-    finished, and not on the calling task's own stack (whose coroutines are
-    running while it asks)."""
-    return any(
-        inspect.getcoroutinestate(op) == inspect.CORO_SUSPENDED for op in operations
-    )
+def _awaited_elsewhere(operations: list[_Operation]) -> bool:
+    """Whether one of ``operations`` (coroutines) is suspended at an ``await``:
+    started, not finished, and not on the calling task's own stack (whose
+    coroutines are running while it asks)."""
+    for operation in operations:
+        if (
+            operation.cr_frame is not None
+            and not operation.cr_running
+            and inspect.getcoroutinestate(operation) == inspect.CORO_SUSPENDED
+        ):
+            return True
+    return False
 
 
 @_tracked_while_awaited(
@@ -223,7 +233,7 @@ class AsyncSession(sa_async.AsyncSession):
     """The ``db.session.shared()`` scope whose session this is: it closes it."""
     _async_sa_users: list[asyncio.Task[t.Any] | None] | None = None
     """A shared scope's session: the tasks awaiting an operation on it."""
-    _async_sa_operations: list[Coroutine[t.Any, t.Any, t.Any]] | None = None
+    _async_sa_operations: list[_Operation] | None = None
     """The coroutines of this session's (and its transactions') methods called
     lately; those not finished are the operations in flight."""
 
@@ -247,9 +257,18 @@ class AsyncSession(sa_async.AsyncSession):
         awaited on them fails), and the close returns; see
         :func:`~async_sa.cleanup.close_within`.
         """
+        operations = self._async_sa_operations
+        if not self.sync_session.in_transaction() and not (
+            operations and _awaited_elsewhere(operations)
+        ):
+            # No transaction to end, no operation to wait for: SQLAlchemy's
+            # close then sends nothing and never suspends, so there is nothing
+            # to bound or to shield from a cancellation.
+            await super().close()
+            return
         state = t.cast(Session, self.sync_session)._async_sa_state
         closing = self._close_when_idle()
-        _remember(self, closing)
+        _remember(self, t.cast("_Operation", closing))
         await close_within(self, closing, state.close_timeout)
 
     async def _close_when_idle(self) -> None:
