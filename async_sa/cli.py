@@ -1,9 +1,10 @@
-"""The ``db`` commands: ``quart db ...`` and ``python -m async_sa db --db M:NAME ...``.
+"""The command line: ``quart db ...`` and ``python -m async_sa db --db M:NAME ...``
+(migrations), ``quart db shell`` and ``python -m async_sa shell --db M:NAME``.
 
-One set of click commands serves both: the ``db`` group of each entry point
-only says how to find the :class:`async_sa.migrations.Target` (the Quart app's
-engines, or what ``--db`` names). Alembic is imported when a command runs, so
-``--help`` works without the ``migrations`` extra.
+One set of click commands serves both entry points: each only says how to find
+the :class:`async_sa.target.Target` (the Quart app's engines, or what ``--db``
+names). Alembic is imported when a migration command runs, so ``--help`` and
+the shell work without it.
 """
 
 from __future__ import annotations
@@ -14,10 +15,13 @@ from collections.abc import Callable
 
 import click
 
-if t.TYPE_CHECKING:
-    from async_sa.migrations import Target
+from async_sa.target import app_target
+from async_sa.target import load_target
+from async_sa.target import Target
+from async_sa.target import TargetError
 
 _LOAD_TARGET = "async_sa.load_target"
+_C = t.TypeVar("_C", bound=t.Callable[..., t.Any] | click.Command)
 
 _directory = click.option(
     "-d",
@@ -46,10 +50,18 @@ def _run(name: str, *args: t.Any, needs_target: bool = True) -> None:
         ) from None
     try:
         if needs_target:
-            load: Callable[[], Target] = click.get_current_context().meta[_LOAD_TARGET]
-            args = (load(), *args)
+            args = (_load_target(), *args)
         getattr(migrations, name)(*args)
     except (migrations.MigrationError, CommandError) as error:
+        raise click.ClickException(str(error)) from None
+
+
+def _load_target() -> Target:
+    """The target of the running command, or a clean exit saying what is wrong."""
+    load: Callable[[], Target] = click.get_current_context().meta[_LOAD_TARGET]
+    try:
+        return load()
+    except TargetError as error:
         raise click.ClickException(str(error)) from None
 
 
@@ -134,6 +146,26 @@ def check(directory: str) -> None:
     _run("check", directory)
 
 
+def shell_command() -> click.Command:
+    """A new ``shell`` command (each entry point adds its own options to it)."""
+
+    @click.command("shell")
+    def shell() -> None:
+        """An asyncio shell: top-level await, db and every model loaded, the app
+        context pushed and one session kept for the whole shell (each statement
+        runs as a task of its own). Ctrl+C cancels the running statement; Ctrl+D
+        closes the session and disposes the engines."""
+        from async_sa.shell import run
+        from async_sa.shell import ShellError
+
+        try:
+            run(_load_target())
+        except ShellError as error:
+            raise click.ClickException(str(error)) from None
+
+    return shell
+
+
 COMMANDS: tuple[click.Command, ...] = (
     init,
     migrate,
@@ -160,38 +192,44 @@ def quart_command(app: t.Any) -> click.Group:
     @click.group("db", help=_GROUP_HELP)
     @click.pass_context
     def db(ctx: click.Context) -> None:
-        from async_sa.migrations import app_target
-
         ctx.meta[_LOAD_TARGET] = lambda: app_target(app_ref())
 
-    for command in COMMANDS:
+    for command in (*COMMANDS, shell_command()):
         db.add_command(command)
     return db
 
 
+def _db_option(command: _C) -> _C:
+    """``--db MODULE:NAME`` (or ``ASYNC_SA_DB``): the command's target is loaded
+    from it when the command needs it."""
+
+    def remember(ctx: click.Context, _: click.Parameter, spec: str | None) -> None:
+        ctx.meta[_LOAD_TARGET] = lambda: _load_spec(spec)
+
+    return click.option(
+        "--db",
+        metavar="MODULE:NAME",
+        envvar="ASYNC_SA_DB",
+        expose_value=False,
+        callback=remember,
+        help="The SQLAlchemy object, Quart app or app factory "
+        "(a callable returning an app), e.g. myapp:db. Env: ASYNC_SA_DB.",
+    )(command)
+
+
+def _load_spec(spec: str | None) -> Target:
+    if not spec:
+        raise TargetError(
+            "Which database? Pass --db MODULE:NAME (or set ASYNC_SA_DB): "
+            "the SQLAlchemy object, a Quart app or an app factory."
+        )
+    return load_target(spec)
+
+
 @click.group("db", help=_GROUP_HELP)
-@click.option(
-    "--db",
-    "spec",
-    metavar="MODULE:NAME",
-    envvar="ASYNC_SA_DB",
-    help="The SQLAlchemy object, Quart app or app factory "
-    "(a callable returning an app), e.g. myapp:db. Env: ASYNC_SA_DB.",
-)
-@click.pass_context
-def standalone_db(ctx: click.Context, spec: str | None) -> None:
-    def load() -> Target:
-        from async_sa.migrations import load_target
-        from async_sa.migrations import MigrationError
-
-        if not spec:
-            raise MigrationError(
-                "Which database? Pass --db MODULE:NAME (or set ASYNC_SA_DB): "
-                "the SQLAlchemy object, a Quart app or an app factory."
-            )
-        return load_target(spec)
-
-    ctx.meta[_LOAD_TARGET] = load
+@_db_option
+def standalone_db() -> None:
+    pass
 
 
 for _command in COMMANDS:
@@ -200,7 +238,9 @@ for _command in COMMANDS:
 
 @click.group()
 def main() -> None:
-    """async_sa's command line: `python -m async_sa db --help`."""
+    """async_sa's command line: `python -m async_sa db --help` (migrations),
+    `python -m async_sa shell --help` (the async shell)."""
 
 
 main.add_command(standalone_db)
+main.add_command(_db_option(shell_command()))

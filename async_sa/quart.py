@@ -59,6 +59,7 @@ from async_sa.integration import dispose_engines
 from async_sa.integration import Integration
 from async_sa.integration import remove_session
 from async_sa.integration import resolve_config
+from async_sa.shell import models
 
 if t.TYPE_CHECKING:
     from quart.typing import ResponseTypes
@@ -159,11 +160,7 @@ def init_app(db: SQLAlchemy, app: quart.Quart) -> None:
 
     @app.shell_context_processor
     def shell_context() -> dict[str, t.Any]:
-        models = {
-            mapper.class_.__name__: mapper.class_
-            for mapper in db.Model.registry.mappers
-        }
-        return {**models, "db": db}
+        return {**models(db), "db": db}
 
     if "db" not in app.cli.commands:
         from async_sa.cli import quart_command

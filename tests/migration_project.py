@@ -22,6 +22,7 @@ import sqlalchemy as sa
 from async_sa import SQLAlchemy
 from async_sa.migrations import init
 from tests.conftest import asyncpg_dsn
+from tests.conftest import count_postgres_backends
 from tests.conftest import POSTGRES_URL
 from tests.conftest import require_postgres
 
@@ -84,21 +85,28 @@ class Project:
         )
         (self.path / "models.py").write_text(text)
 
-    def run(self, *args: str, ok: bool = True) -> subprocess.CompletedProcess[str]:
-        """Run ``args`` (a command line) in the project; ``ok``: it must succeed,
-        else it must fail. Either way no traceback and no leaked resource may be
-        reported."""
-        env = {
+    def env(self) -> dict[str, str]:
+        """The environment commands run in: the project on ``PYTHONPATH``,
+        every ResourceWarning shown."""
+        return {
             **os.environ,
             "PYTHONWARNINGS": "always::ResourceWarning",
             "PYTHONPATH": os.pathsep.join(
                 [str(self.path), *filter(None, [os.environ.get("PYTHONPATH")])]
             ),
         }
+
+    def run(
+        self, *args: str, ok: bool = True, input: str | None = None
+    ) -> subprocess.CompletedProcess[str]:
+        """Run ``args`` (a command line) in the project, ``input`` on its
+        standard input; ``ok``: it must succeed, else it must fail. Either way
+        no traceback and no leaked resource may be reported."""
         result = subprocess.run(
             args,
             cwd=self.path,
-            env=env,
+            env=self.env(),
+            input=input,
             capture_output=True,
             text=True,
             timeout=120,
@@ -148,6 +156,16 @@ class Project:
         finally:
             await db.dispose()
 
+    async def postgres_connections(self) -> int:
+        """How many connections the binds have open on PostgreSQL now (each
+        bind's connections carry its schema's name as application name)."""
+        assert self.backend == "postgresql"
+        total = 0
+        for bind in self.binds.values():
+            settings = bind["connect_args"]["server_settings"]
+            total += await count_postgres_backends(settings["application_name"])
+        return total
+
 
 def _columns(connection: sa.Connection) -> dict[str, set[str]]:
     inspector = sa.inspect(connection)
@@ -181,7 +199,9 @@ async def make_project(backend: str, path: Path) -> AsyncIterator[Project]:
     binds = {
         key: {
             "url": POSTGRES_URL,
-            "connect_args": {"server_settings": {"search_path": schema}},
+            "connect_args": {
+                "server_settings": {"search_path": schema, "application_name": schema}
+            },
         }
         for key, schema in schemas.items()
     }

@@ -9,11 +9,9 @@ the :class:`Target` and their name in ``Config.attributes``.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import types
 import typing as t
-from collections.abc import AsyncIterator
 from collections.abc import Mapping
 
 import sqlalchemy as sa
@@ -24,11 +22,16 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 
 from async_sa.engines import redact
-from async_sa.migrations.target import bind_label
-from async_sa.migrations.target import MigrationError
-from async_sa.migrations.target import Target
+from async_sa.target import bind_label
+from async_sa.target import Target
 
 logger = logging.getLogger("alembic.env")
+
+
+class MigrationError(Exception):
+    """A migration command cannot run, or failed; the message says why and
+    what to do. The command line prints it without a traceback."""
+
 
 TARGET_KEY = "async_sa.target"
 """``Config.attributes`` key: the :class:`Target` the command works on."""
@@ -178,7 +181,7 @@ async def _run_online(
     command_name = str(context.config.attributes.get(COMMAND_KEY))
     done: list[str] = []
     try:
-        async with _app_context(target.app):
+        async with target.app_context():
             databases: dict[tuple[str, ...], str] = {}
             for name, engine in binds.items():
                 try:
@@ -205,8 +208,7 @@ async def _run_online(
                     ) from error
                 done.append(name)
     finally:
-        for engine in target.engines.values():
-            await engine.dispose()
+        await target.dispose()
 
 
 async def _database_of(engine: sa_async.AsyncEngine) -> tuple[str, ...]:
@@ -240,16 +242,6 @@ def _shared(first: str, second: str, database: tuple[str, ...]) -> str:
         "and autogenerate compares the whole database with that bind's models. "
         f"Point {bind_label(second)} at a database of its own."
     )
-
-
-@contextlib.asynccontextmanager
-async def _app_context(app: t.Any) -> AsyncIterator[None]:
-    """The app's context, so ``db.engines`` and ``current_app`` work in env.py."""
-    if app is None:
-        yield
-    else:
-        async with app.app_context():
-            yield
 
 
 def _run_bind(

@@ -1,15 +1,18 @@
-"""What the migration commands work on: a ``db`` and one owner's engines.
+"""What the command line works on: a ``db`` and one owner's engines.
 
 ``--db MODULE:NAME`` names a ``SQLAlchemy`` object, a Quart app or an app
 factory; :func:`load_target` turns it into a :class:`Target`, or into a
-:class:`MigrationError` saying what is wrong.
+:class:`TargetError` saying what is wrong. The ``db`` commands migrate a
+target, the shell opens one. No Alembic here: the shell works without it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import importlib
 import typing as t
+from collections.abc import AsyncIterator
 from collections.abc import Mapping
 
 import sqlalchemy.ext.asyncio as sa_async
@@ -18,9 +21,9 @@ from async_sa.engines import BindKey
 from async_sa.extension import SQLAlchemy
 
 
-class MigrationError(Exception):
-    """A migration command cannot run, or failed; the message says why and
-    what to do. The command line prints it without a traceback."""
+class TargetError(Exception):
+    """What ``--db`` (or the app) names cannot be used; the message says why
+    and what to do. The command line prints it without a traceback."""
 
 
 @dataclasses.dataclass(eq=False)
@@ -35,7 +38,7 @@ class Target:
     def binds(self) -> dict[str, sa_async.AsyncEngine]:
         """Bind name → engine, the default bind (``""``) first.
 
-        :raises MigrationError: a bind key is not a Python identifier, so it
+        :raises TargetError: a bind key is not a Python identifier, so it
             cannot name the ``upgrade_<bind>()`` function of a revision.
         """
         keys = sorted(self.engines, key=lambda key: (key is not None, key or ""))
@@ -43,7 +46,7 @@ class Target:
         for key in keys:
             name = key or ""
             if name and not name.isidentifier():
-                raise MigrationError(
+                raise TargetError(
                     f"The bind key {name!r} cannot name a revision's "
                     f"upgrade_{name}() function: rename it to a Python identifier "
                     "to use it with migrations."
@@ -51,17 +54,34 @@ class Target:
             binds[name] = self.engines[key]
         return binds
 
+    @contextlib.asynccontextmanager
+    async def app_context(self) -> AsyncIterator[None]:
+        """The app's context, if there is an app, so ``db.engines``, ``db.session``
+        and ``current_app`` work as they do in the app."""
+        if self.app is None:
+            yield
+        else:
+            async with self.app.app_context():
+                yield
+
+    async def dispose(self) -> None:
+        """Wait for the sessions of finished tasks to close, then dispose the
+        engines (their connections in the running loop are closed)."""
+        await self.db.session.registry.wait_closed()
+        for engine in self.engines.values():
+            await engine.dispose()
+
 
 def load_target(spec: str) -> Target:
     """The :class:`Target` that ``--db MODULE:NAME`` names: a ``SQLAlchemy``
     object, a Quart app, or a callable returning one (an app factory).
 
-    :raises MigrationError: ``spec`` is malformed, names nothing importable, or
+    :raises TargetError: ``spec`` is malformed, names nothing importable, or
         an object of another kind.
     """
     module_name, _, name = spec.partition(":")
     if not module_name or not name:
-        raise MigrationError(
+        raise TargetError(
             f"--db {spec!r} is not MODULE:NAME: give the module and the name of "
             "the SQLAlchemy object, Quart app or app factory, e.g. --db app:db."
         )
@@ -70,11 +90,11 @@ def load_target(spec: str) -> Target:
     except ImportError as error:
         missing = error.name or ""
         if module_name == missing or module_name.startswith(f"{missing}."):
-            raise MigrationError(
+            raise TargetError(
                 f"--db {spec!r}: no module named {missing!r}. Run the command from "
                 "your project's directory, or add it to PYTHONPATH."
             ) from None
-        raise MigrationError(
+        raise TargetError(
             f"--db {spec!r}: importing {module_name!r} failed: {error}"
         ) from error
     found: t.Any = module
@@ -82,7 +102,7 @@ def load_target(spec: str) -> Target:
         try:
             found = getattr(found, part)
         except AttributeError:
-            raise MigrationError(
+            raise TargetError(
                 f"--db {spec!r}: module {module_name!r} has no attribute {name!r}."
             ) from None
     return target_for(found, f"--db {spec!r}")
@@ -99,11 +119,11 @@ def target_for(found: t.Any, source: str) -> Target:
         made = found()
         if isinstance(made, SQLAlchemy) or _is_app(made):
             return target_for(made, source)
-        raise MigrationError(
+        raise TargetError(
             f"{source}: calling it returned {made!r}, not a Quart app or a "
             "SQLAlchemy object."
         )
-    raise MigrationError(
+    raise TargetError(
         f"{source} is {found!r}, not a SQLAlchemy object, a Quart app or an app "
         "factory."
     )
@@ -113,7 +133,7 @@ def app_target(app: t.Any) -> Target:
     """The :class:`Target` of a Quart ``app`` that ``db.init_app(app)`` set up."""
     found = app.extensions.get("sqlalchemy")
     if not isinstance(found, SQLAlchemy):
-        raise MigrationError(
+        raise TargetError(
             f"The Quart app {app.name!r} has no async_sa SQLAlchemy object: "
             "call db.init_app(app) (or SQLAlchemy(app)) where the app is made."
         )
@@ -134,7 +154,7 @@ def _db_target(db: SQLAlchemy, source: str) -> Target:
     apps = list(db._owner_states)
     if len(apps) == 1:
         return app_target(apps[0])
-    raise MigrationError(
+    raise TargetError(
         f"{source} has no database of its own (no url= or binds=) and serves "
         f"{len(apps)} Quart apps: name the app (or its factory) instead."
     )
