@@ -52,7 +52,7 @@ def _run(name: str, *args: t.Any, needs_target: bool = True) -> None:
         if needs_target:
             args = (_load_target(), *args)
         getattr(migrations, name)(*args)
-    except (migrations.MigrationError, CommandError) as error:
+    except (migrations.MigrationError, TargetError, CommandError) as error:
         raise click.ClickException(str(error)) from None
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import importlib
+import inspect
 import typing as t
 from collections.abc import AsyncIterator
 from collections.abc import Mapping
@@ -116,6 +117,16 @@ def target_for(found: t.Any, source: str) -> Target:
     if _is_app(found):
         return app_target(found)
     if callable(found) and not isinstance(found, type):
+        try:
+            inspect.signature(found).bind()
+        except TypeError:
+            raise TargetError(
+                f"{source} is {found!r}, which needs arguments: an app factory "
+                "is called without any. Name the app or the SQLAlchemy object, "
+                "or give the factory's arguments defaults."
+            ) from None
+        except ValueError:  # no signature to check (a builtin): just call it
+            pass
         made = found()
         if isinstance(made, SQLAlchemy) or _is_app(made):
             return target_for(made, source)
@@ -154,6 +165,11 @@ def _db_target(db: SQLAlchemy, source: str) -> Target:
     apps = list(db._owner_states)
     if len(apps) == 1:
         return app_target(apps[0])
+    if not apps:
+        raise TargetError(
+            f"{source} has no database: pass url= (or binds=) to SQLAlchemy(), "
+            "or name the Quart app (or its factory) that calls db.init_app(app)."
+        )
     raise TargetError(
         f"{source} has no database of its own (no url= or binds=) and serves "
         f"{len(apps)} Quart apps: name the app (or its factory) instead."

@@ -201,6 +201,32 @@ async def test_upgrade_failing_on_the_second_bind_says_which_binds_were_upgraded
         assert "audit" not in columns["users"]
 
 
+async def test_downgrade_failing_on_the_second_bind_says_which_binds_were_downgraded(
+    project: Project,
+) -> None:
+    """The first bind is downgraded and says so; the failed bind keeps its
+    version, so `db current` shows the two databases apart."""
+    project.init()
+    project.db("revision", "-m", "manual")
+    (revision,) = project.revisions()
+    source = revision.read_text().replace(
+        "def downgrade_users() -> None:\n    pass",
+        "def downgrade_users() -> None:\n    op.execute('SELECT * FROM no_such_table')",
+    )
+    revision.write_text(source)
+    project.db("upgrade")
+
+    failed = project.db("downgrade", ok=False)
+    assert "downgrade failed on bind 'users'" in failed.stderr
+    assert (
+        "Already downgraded (each database records its own version): "
+        "the default bind." in failed.stderr
+    )
+    assert "Not downgraded: bind 'users'." in failed.stderr
+    revision_id = revision.name.partition("_")[0]
+    assert await project.versions() == {None: [], "users": [revision_id]}
+
+
 @pytest.fixture
 def in_process(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
@@ -219,7 +245,8 @@ def in_process(
         return result
 
     yield run
-    sys.modules.pop("models", None)
+    for name in ("models", "bare", "broken", "odd"):
+        sys.modules.pop(name, None)
 
 
 @pytest.mark.parametrize(
@@ -229,14 +256,39 @@ def in_process(
         ("models:missing", "module 'models' has no attribute 'missing'"),
         ("models:Note", "is <class 'models.Note'>, not a SQLAlchemy object"),
         ("models", "is not MODULE:NAME"),
+        ("os:getcwd", "calling it returned '"),
+        ("json:dumps", "which needs arguments: an app factory is called without"),
+        ("bare:db", "has no database: pass url= (or binds=) to SQLAlchemy()"),
+        ("broken:db", "importing 'broken' failed: No module named 'nothing_here'"),
     ],
 )
 def test_db_option_naming_no_database_is_an_error(
     in_process: Callable[..., Result], spec: str, message: str
 ) -> None:
-    """--db must name a SQLAlchemy object, a Quart app or an app factory."""
+    """--db must name a SQLAlchemy object with a database, a Quart app or an
+    app factory taking no arguments, in a module that imports."""
+    Path("bare.py").write_text("from async_sa import SQLAlchemy\ndb = SQLAlchemy()\n")
+    Path("broken.py").write_text("import nothing_here\n")
     failed = in_process("--db", spec, "upgrade", ok=False)
     assert message in failed.output
+
+
+@pytest.mark.parametrize("command", [("upgrade",), ("revision", "-m", "x")])
+def test_a_bind_key_that_cannot_name_a_function_is_an_error(
+    in_process: Callable[..., Result], command: tuple[str, ...]
+) -> None:
+    """A bind key that is not a Python identifier cannot name a revision's
+    upgrade_<bind>(): the command says so and what to do."""
+    Path("odd.py").write_text(
+        "from async_sa import SQLAlchemy\n"
+        "db = SQLAlchemy(binds={None: 'sqlite:///a.db', 'user-db': 'sqlite:///b.db'})\n"
+    )
+    in_process("init")
+    failed = in_process("--db", "odd:db", *command, ok=False)
+    assert "The bind key 'user-db' cannot name a revision's upgrade_user-db()" in (
+        failed.output
+    )
+    assert "rename it to a Python identifier" in failed.output
 
 
 def test_missing_migrations_directory_says_to_run_init(

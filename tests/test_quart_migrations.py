@@ -99,3 +99,22 @@ def test_db_command_is_registered_unless_the_app_has_one() -> None:
 
     SQLAlchemy(other, url="sqlite://")
     assert other.cli.commands["db"].callback is own_db.callback
+
+
+@pytest.mark.parametrize(
+    "command", [("db", "--db", "plain:app", "upgrade"), ("shell", "--db", "plain:app")]
+)
+async def test_an_app_without_init_app_is_an_error(
+    tmp_path: Path, command: tuple[str, ...]
+) -> None:
+    """--db naming a Quart app that no SQLAlchemy object serves says to call
+    init_app, for the db commands and the shell alike."""
+    async for project in make_project("sqlite_file", tmp_path):
+        (project.path / "plain.py").write_text(
+            "from quart import Quart\n\napp = Quart(__name__)\n"
+        )
+        failed = project.run(sys.executable, "-m", "async_sa", *command, ok=False)
+        assert "The Quart app 'plain' has no async_sa SQLAlchemy object" in (
+            failed.stderr
+        )
+        assert "call db.init_app(app)" in failed.stderr

@@ -147,6 +147,8 @@ def _config(target: Target, directory: str, command_name: str) -> Config:
             f"No migrations directory at {directory!r} (no env.py there): run "
             "`db init` first, or pass -d/--directory."
         )
+    # Here, not in the script template, whose errors Alembic hides in a file.
+    target.binds()
     ini = path / "alembic.ini"
     # sys.stdout now, not Alembic's default (sys.stdout when it was imported).
     config = _AsyncSaConfig(str(ini) if ini.is_file() else None, stdout=sys.stdout)
