@@ -25,12 +25,13 @@ import contextlib
 import contextvars
 import inspect
 import os
+import signal
 import sys
 import threading
 import types
 import typing as t
-from collections.abc import AsyncIterator
 from collections.abc import Callable
+from collections.abc import Iterator
 
 import sqlalchemy as sa
 
@@ -78,16 +79,31 @@ def run(target: Target, *, readfunc: Callable[[str], str] | None = None) -> None
     console = _Console(loop, readfunc)
     if readfunc is None and sys.stdin.isatty():
         _set_up_readline(loop.names)
+    with _ctrl_c_handled_by(loop):
+        try:
+            startup = os.environ.get("PYTHONSTARTUP")
+            if startup and os.path.isfile(startup):
+                console.run_file(startup)
+            console.interact(banner=_banner(target, loop.names), exitmsg="")
+        finally:
+            loop.close()
+            if loop.failure is not None:
+                raise _failed("closing", loop.failure)
+            print("Closed the session and disposed the engines.")
+
+
+@contextlib.contextmanager
+def _ctrl_c_handled_by(loop: _LoopThread) -> Iterator[None]:
+    """Send SIGINT (Ctrl+C) to ``loop.interrupt``, in the main thread (signal
+    handlers can only be set there; elsewhere Ctrl+C is not ours to handle)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, loop.interrupt)
     try:
-        startup = os.environ.get("PYTHONSTARTUP")
-        if startup and os.path.isfile(startup):
-            console.run_file(startup)
-        console.interact(banner=_banner(target, loop.names), exitmsg="")
+        yield
     finally:
-        loop.close()
-        if loop.failure is not None:
-            raise _failed("closing", loop.failure)
-        print("Closed the session and disposed the engines.")
+        signal.signal(signal.SIGINT, previous)
 
 
 def _failed(step: str, failure: BaseException) -> ShellError:
@@ -139,6 +155,8 @@ class _LoopThread(threading.Thread):
         self._main: asyncio.Task[None] | None = None
         self._ended: asyncio.Future[None] | None = None
         self._statement: asyncio.Task[None] | None = None
+        self._mode: t.Literal["prompt", "statement", "closing"] = "prompt"
+        self._interrupted = False
 
     def run(self) -> None:
         try:
@@ -153,7 +171,10 @@ class _LoopThread(threading.Thread):
         self._main = asyncio.current_task()
         self._ended = self.loop.create_future()
         try:
-            async with self.target.app_context(), _one_session(self.target.db):
+            async with (
+                self.target.app_context(),
+                self.target.db.session.shared(),
+            ):
                 self.context = contextvars.copy_context()
                 self.names = namespace(self.target)
                 self.opened.set()
@@ -162,19 +183,35 @@ class _LoopThread(threading.Thread):
         finally:
             await self.target.dispose()
 
+    def interrupt(self, signum: int, frame: types.FrameType | None) -> None:
+        """The SIGINT handler: at the prompt, ``KeyboardInterrupt`` (the line
+        is dropped); while a statement runs, cancel it; while closing, stop.
+
+        Only at the prompt does it raise: raised anywhere in the main thread
+        while a statement runs, it could land between two steps of handing the
+        statement over and leave it running unseen.
+        """
+        if self._mode == "prompt":
+            raise KeyboardInterrupt
+        assert self.loop is not None
+        cancel: Callable[[], object]
+        if self._mode == "statement":
+            self._interrupted = True
+            cancel = self._cancel_statement
+        else:
+            assert self._main is not None
+            cancel = self._main.cancel
+        with contextlib.suppress(RuntimeError):  # the loop has just ended
+            self.loop.call_soon_threadsafe(cancel)
+
     def close(self) -> None:
-        """End the shell and wait until everything is closed; Ctrl+C while
-        waiting stops waiting for the closing."""
-        if self.loop is not None and not self.loop.is_closed():
+        """End the shell and wait until everything is closed (Ctrl+C meanwhile
+        cancels the closing)."""
+        self._mode = "closing"
+        if self.loop is not None:
             with contextlib.suppress(RuntimeError):  # the loop has just ended
                 self.loop.call_soon_threadsafe(self._end)
-        try:
-            self.join()
-        except KeyboardInterrupt:
-            if self.loop is not None and self._main is not None:
-                with contextlib.suppress(RuntimeError):
-                    self.loop.call_soon_threadsafe(self._main.cancel)
-            self.join()
+        self.join()
 
     def _end(self) -> None:
         if self._ended is not None and not self._ended.done():
@@ -189,20 +226,19 @@ class _LoopThread(threading.Thread):
         """
         assert self.loop is not None
         done: concurrent.futures.Future[None] = concurrent.futures.Future()
-        self.loop.call_soon_threadsafe(self._start, code, done)
-        interrupted = False
-        while True:
+        self._interrupted = False
+        self._mode = "statement"
+        try:
+            self.loop.call_soon_threadsafe(self._start, code, done)
             try:
                 done.result()
-            except KeyboardInterrupt:
-                interrupted = True
-                self.loop.call_soon_threadsafe(self._interrupt)
             except asyncio.CancelledError:
-                if interrupted:
+                if self._interrupted:
                     return True
                 raise
-            else:
-                return False
+            return False
+        finally:
+            self._mode = "prompt"
 
     def _start(
         self, code: types.CodeType, done: concurrent.futures.Future[None]
@@ -210,9 +246,11 @@ class _LoopThread(threading.Thread):
         assert self.loop is not None
         statement = _statement(code, self.names, done)
         self._statement = self.context.run(self.loop.create_task, statement)
+        if self._interrupted:  # Ctrl+C came before the task was there
+            self._statement.cancel()
 
-    def _interrupt(self) -> None:
-        if self._statement is not None and not self._statement.done():
+    def _cancel_statement(self) -> None:
+        if self._statement is not None:
             self._statement.cancel()
 
 
@@ -249,13 +287,10 @@ async def _cancel_other_tasks() -> None:
     await asyncio.gather(*others, return_exceptions=True)
 
 
-@contextlib.asynccontextmanager
-async def _one_session(db: SQLAlchemy) -> AsyncIterator[None]:
-    """One ``db.session`` for every task of the shell, closed at the end."""
-    try:
-        yield
-    finally:
-        await db.session.remove()
+_INTERRUPTED = """
+KeyboardInterrupt: the statement was cancelled. If it was cut off in a database
+operation, run `await db.session.rollback()` before using the session again.
+"""
 
 
 class _Console(code.InteractiveConsole):
@@ -278,7 +313,7 @@ class _Console(code.InteractiveConsole):
     def runcode(self, code: types.CodeType) -> None:
         try:
             if self._loop.run_statement(code):
-                self.write("\nKeyboardInterrupt (the statement was cancelled)\n")
+                self.write(_INTERRUPTED)
         except SystemExit:
             raise
         except BaseException as error:

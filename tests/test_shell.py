@@ -80,8 +80,15 @@ class Terminal:
         self._seen = 0
 
     def type(self, keys: str) -> None:
-        """Type ``keys`` (``\\r`` is Enter, ``\\x03`` Ctrl+C, ``\\x04`` Ctrl+D)."""
+        """Type ``keys`` (``\\r`` is Enter, ``\\x03`` Ctrl+C)."""
         os.write(self.master, keys.encode())
+
+    def ctrl_d(self, after: str) -> None:
+        """Type Ctrl+D at the prompt that follows ``after``: typed ahead, while
+        the terminal is not yet in readline's mode, it could be lost."""
+        self.expect(after)
+        self.expect(">>> ")
+        self.type("\x04")
 
     def expect(self, text: str, timeout: float = 60) -> None:
         """Wait until ``text`` shows after what the last expect saw."""
@@ -222,7 +229,8 @@ async def test_ctrl_c_cancels_the_running_statement_and_ctrl_d_leaves_no_connect
         "import atexit, sys; atexit.register(lambda: print('shell', 'ended', "
         "flush=True) or sys.stdin.readline())\r"
     )
-    shell_terminal.type("\x04")
+    shell_terminal.type("print('at exit', 'registered')\r")
+    shell_terminal.ctrl_d(after="at exit registered")
     shell_terminal.expect("Closed the session and disposed the engines.")
     shell_terminal.expect("shell ended")
     if project.backend == "postgresql":
@@ -382,3 +390,44 @@ async def test_a_failure_opening_the_shell_names_its_cause_and_shows_no_prompt(
     with pytest.raises(ShellError, match="opening the shell failed: RuntimeError"):
         await asyncio.to_thread(shell.run, target, readfunc=read)
     assert prompts == []
+
+
+async def test_ctrl_c_during_a_query_then_rollback_and_the_session_goes_on(
+    project: Project, terminal: t.Callable[..., Terminal]
+) -> None:
+    """Ctrl+C cancels a statement waiting for the database; the shell says to
+    roll back, and after `await db.session.rollback()` the session works. At
+    the prompt, Ctrl+C drops the line being typed."""
+    if project.backend == "postgresql":
+        slow = "sa.text('SELECT pg_sleep(600)')"
+    else:
+        slow = (
+            "sa.text('WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 "
+            "FROM c WHERE x < 4000000) SELECT count(*) FROM c')"
+        )
+    shell_terminal = terminal(*SHELL)
+    shell_terminal.expect("Loaded: ")
+    shell_terminal.type(
+        f"print('que' + 'rying', flush=True); await db.session.execute({slow})\r"
+    )
+    shell_terminal.expect("querying")
+    if project.backend == "postgresql":
+        while await project.postgres_connections() == 0:
+            await asyncio.sleep(0.05)
+    await asyncio.sleep(0.3)
+    shell_terminal.type("\x03")
+    shell_terminal.expect("run `await db.session.rollback()`")
+    shell_terminal.type("await db.session.rollback()\r")
+    shell_terminal.type("print('answer', await db.session.scalar(sa.select(6 * 7)))\r")
+    shell_terminal.expect("answer 42")
+    shell_terminal.expect(">>> ")
+    shell_terminal.type("unfinished = (1,")
+    shell_terminal.expect("unfinished")
+    shell_terminal.type("\x03")
+    shell_terminal.expect("KeyboardInterrupt")
+    shell_terminal.type("print('fresh', 'line')\r")
+    shell_terminal.ctrl_d(after="fresh line")
+    shell_terminal.expect("Closed the session and disposed the engines.")
+    assert shell_terminal.wait() == 0, shell_terminal.output
+    if project.backend == "postgresql":
+        assert await project.postgres_connections() == 0
