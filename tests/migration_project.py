@@ -17,6 +17,7 @@ import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import pytest
 import sqlalchemy as sa
 
 from async_sa import SQLAlchemy
@@ -183,6 +184,22 @@ def sqlite_project_at(path: Path) -> Project:
     }
     project = Project(path, binds, "sqlite_file")
     project.write_models()
+    return project
+
+
+def project_fixture(
+    *backends: str, prepare: t.Callable[[Project], Project] = lambda made: made
+) -> t.Any:
+    """A ``project`` fixture: a project with two binds on each of ``backends``,
+    passed through ``prepare`` (e.g. to add a Quart app)."""
+
+    @pytest.fixture(params=backends)
+    async def project(
+        request: pytest.FixtureRequest, tmp_path: Path
+    ) -> AsyncIterator[Project]:
+        async for made in make_project(request.param, tmp_path):
+            yield prepare(made)
+
     return project
 
 

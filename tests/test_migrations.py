@@ -7,7 +7,6 @@ on PostgreSQL (a schema per bind).
 from __future__ import annotations
 
 import sys
-from collections.abc import AsyncIterator
 from collections.abc import Callable
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,8 +17,8 @@ from click.testing import Result
 
 import async_sa
 from async_sa.cli import main
-from tests.migration_project import make_project
 from tests.migration_project import Project
+from tests.migration_project import project_fixture
 from tests.migration_project import sqlite_project_at
 
 EMPTY = {
@@ -29,21 +28,12 @@ EMPTY = {
 """Both databases after autogenerate: an (empty) version table, nothing else."""
 
 
-@pytest.fixture(params=["sqlite_file", "postgresql"])
-async def project(
-    request: pytest.FixtureRequest, tmp_path: Path
-) -> AsyncIterator[Project]:
-    """A project with two binds, on each backend."""
-    async for made in make_project(request.param, tmp_path):
-        yield made
+project = project_fixture("sqlite_file", "postgresql")
 
 
-@pytest.fixture
-async def sqlite_project(tmp_path: Path) -> AsyncIterator[Project]:
-    """A project with two binds on SQLite files, for failures that do not
-    depend on the database."""
-    async for made in make_project("sqlite_file", tmp_path):
-        yield made
+sqlite_project = project_fixture("sqlite_file")
+"""A project with two binds on SQLite files, for failures that do not depend
+on the database."""
 
 
 async def test_init_migrate_upgrade_check_downgrade_cover_both_binds(

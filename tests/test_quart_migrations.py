@@ -4,16 +4,14 @@ an app or an app factory, in a temporary project with two binds."""
 from __future__ import annotations
 
 import sys
-from collections.abc import AsyncIterator
-from pathlib import Path
 
 import click
 import pytest
 import quart
 
 from async_sa import SQLAlchemy
-from tests.migration_project import make_project
 from tests.migration_project import Project
+from tests.migration_project import project_fixture
 
 APP = """\
 from quart import Quart
@@ -41,13 +39,8 @@ def with_app(project: Project) -> Project:
     return project
 
 
-@pytest.fixture(params=["sqlite_file", "postgresql"])
-async def project(
-    request: pytest.FixtureRequest, tmp_path: Path
-) -> AsyncIterator[Project]:
-    """A project whose Quart app (``app.py``) configures the two binds."""
-    async for made in make_project(request.param, tmp_path):
-        yield with_app(made)
+project = project_fixture("sqlite_file", "postgresql", prepare=with_app)
+sqlite_project = project_fixture("sqlite_file", prepare=with_app)
 
 
 async def test_quart_db_migrates_the_apps_binds(project: Project) -> None:
@@ -73,15 +66,14 @@ async def test_quart_db_migrates_the_apps_binds(project: Project) -> None:
 
 @pytest.mark.parametrize("name", ["app", "create_app", "db"])
 async def test_db_option_takes_an_app_a_factory_or_its_db(
-    tmp_path: Path, name: str
+    sqlite_project: Project, name: str
 ) -> None:
     """--db names the app, its factory, or a db that serves that one app."""
-    async for project in make_project("sqlite_file", tmp_path):
-        with_app(project).init()
-        project.run(
-            sys.executable, "-m", "async_sa", "db", "--db", f"app:{name}", "upgrade"
-        )
-        assert set(await project.columns()) == {None, "users"}
+    sqlite_project.init()
+    sqlite_project.run(
+        sys.executable, "-m", "async_sa", "db", "--db", f"app:{name}", "upgrade"
+    )
+    assert set(await sqlite_project.columns()) == {None, "users"}
 
 
 def test_db_command_is_registered_unless_the_app_has_one() -> None:
@@ -105,16 +97,13 @@ def test_db_command_is_registered_unless_the_app_has_one() -> None:
     "command", [("db", "--db", "plain:app", "upgrade"), ("shell", "--db", "plain:app")]
 )
 async def test_an_app_without_init_app_is_an_error(
-    tmp_path: Path, command: tuple[str, ...]
+    sqlite_project: Project, command: tuple[str, ...]
 ) -> None:
     """--db naming a Quart app that no SQLAlchemy object serves says to call
     init_app, for the db commands and the shell alike."""
-    async for project in make_project("sqlite_file", tmp_path):
-        (project.path / "plain.py").write_text(
-            "from quart import Quart\n\napp = Quart(__name__)\n"
-        )
-        failed = project.run(sys.executable, "-m", "async_sa", *command, ok=False)
-        assert "The Quart app 'plain' has no async_sa SQLAlchemy object" in (
-            failed.stderr
-        )
-        assert "call db.init_app(app)" in failed.stderr
+    (sqlite_project.path / "plain.py").write_text(
+        "from quart import Quart\n\napp = Quart(__name__)\n"
+    )
+    failed = sqlite_project.run(sys.executable, "-m", "async_sa", *command, ok=False)
+    assert "The Quart app 'plain' has no async_sa SQLAlchemy object" in (failed.stderr)
+    assert "call db.init_app(app)" in failed.stderr

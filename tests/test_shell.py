@@ -11,7 +11,6 @@ import subprocess
 import sys
 import time
 import typing as t
-from collections.abc import AsyncIterator
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -26,8 +25,8 @@ from async_sa.shell import ShellError
 from async_sa.target import load_target
 from async_sa.target import Target
 from tests.conftest import NewDb
-from tests.migration_project import make_project
 from tests.migration_project import Project
+from tests.migration_project import project_fixture
 
 SHELL = (sys.executable, "-m", "async_sa", "shell", "--db", "models:db")
 CONTROLLING_TERMINAL = (
@@ -39,13 +38,8 @@ CONTROLLING_TERMINAL = (
 controlling terminal, so Ctrl+C typed there sends it SIGINT."""
 
 
-@pytest.fixture(params=["sqlite_file", "postgresql"])
-async def project(
-    request: pytest.FixtureRequest, tmp_path: Path
-) -> AsyncIterator[Project]:
-    """A project with two binds, on each backend."""
-    async for made in make_project(request.param, tmp_path):
-        yield made
+project = project_fixture("sqlite_file", "postgresql")
+sqlite_project = project_fixture("sqlite_file")
 
 
 async def rows(
@@ -58,6 +52,14 @@ async def rows(
             return [tuple(row) for row in await connection.execute(sa.text(query))]
     finally:
         await db.dispose()
+
+
+def shell_with(
+    project: Project, statements: list[str]
+) -> subprocess.CompletedProcess[str]:
+    """Run the shell with ``statements`` on its standard input, then Ctrl+D
+    (its end); it must succeed, with nothing on stderr but its banner."""
+    return project.run(*SHELL, input="\n".join(statements) + "\n")
 
 
 class Terminal:
@@ -146,7 +148,7 @@ async def test_statements_await_at_top_level_with_db_and_the_models_loaded(
         "print('names', sorted({'db', 'Note', 'User', 'asyncio', 'sa'} & set(dir())))",
         "print('answer', await db.session.scalar(sa.select(sa.literal(6 * 7))))",
     ]
-    result = project.run(*SHELL, input="\n".join(statements) + "\n")
+    result = shell_with(project, statements)
     assert "names ['Note', 'User', 'asyncio', 'db', 'sa']" in result.stdout
     assert "answer 42" in result.stdout
     assert "Closed the session and disposed the engines." in result.stdout
@@ -176,7 +178,7 @@ async def test_objects_stay_attached_across_statements_and_commit_stores_them(
         "print('dirty', loaded in db.session.dirty, loaded is note)",
         "await db.session.commit()",
     ]
-    result = project.run(*SHELL, input="\n".join(statements) + "\n")
+    result = shell_with(project, statements)
     assert "attached True True True" in result.stdout
     assert "dirty True True" in result.stdout
     assert await rows(project, "SELECT text FROM note") == [("changed",)]
@@ -194,7 +196,7 @@ async def test_uncommitted_work_is_rolled_back_at_ctrl_d(project: Project) -> No
         "db.session.add(Note(text='dropped'))",
         "await db.session.flush()",
     ]
-    project.run(*SHELL, input="\n".join(statements) + "\n")
+    shell_with(project, statements)
     assert await rows(project, "SELECT text FROM note") == [("kept",)]
 
 
@@ -293,41 +295,39 @@ async def test_ctrl_d_in_process_closes_every_connection_it_opened(
     ],
 )
 async def test_db_option_naming_no_database_exits_with_a_message(
-    tmp_path: Path, args: tuple[str, ...], message: str
+    sqlite_project: Project, args: tuple[str, ...], message: str
 ) -> None:
     """A --db that names no SQLAlchemy object, app or factory: the reason on
     stderr, a non-zero exit, no traceback, and no prompt."""
-    async for project in make_project("sqlite_file", tmp_path):
-        failed = project.run(
-            sys.executable, "-m", "async_sa", "shell", *args, ok=False, input="1\n"
-        )
-        assert message in failed.stderr
-        assert failed.returncode == 1
-        assert ">>>" not in failed.stdout
+    failed = sqlite_project.run(
+        sys.executable, "-m", "async_sa", "shell", *args, ok=False, input="1\n"
+    )
+    assert message in failed.stderr
+    assert failed.returncode == 1
+    assert ">>>" not in failed.stdout
 
 
 async def test_errors_show_the_statements_traceback_and_the_shell_goes_on(
-    tmp_path: Path,
+    sqlite_project: Project,
 ) -> None:
     """A failing statement shows its own traceback (not the shell's frames)
     and the next statement runs; exit(3) ends the shell with status 3."""
-    async for project in make_project("sqlite_file", tmp_path):
-        result = subprocess.run(
-            SHELL,
-            cwd=project.path,
-            env=project.env(),
-            input="1 / 0\nprint('next', 2 + 2)\nexit(3)\nprint('never')\n",
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
-        assert result.returncode == 3, result.stderr
-        assert 'File "<console>", line 1, in <module>' in result.stderr
-        assert "ZeroDivisionError: division by zero" in result.stderr
-        assert "shell.py" not in result.stderr, result.stderr
-        assert "next 4" in result.stdout
-        assert "never" not in result.stdout
-        assert "Closed the session and disposed the engines." in result.stdout
+    result = subprocess.run(
+        SHELL,
+        cwd=sqlite_project.path,
+        env=sqlite_project.env(),
+        input="1 / 0\nprint('next', 2 + 2)\nexit(3)\nprint('never')\n",
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 3, result.stderr
+    assert 'File "<console>", line 1, in <module>' in result.stderr
+    assert "ZeroDivisionError: division by zero" in result.stderr
+    assert "shell.py" not in result.stderr, result.stderr
+    assert "next 4" in result.stdout
+    assert "never" not in result.stdout
+    assert "Closed the session and disposed the engines." in result.stdout
 
 
 def test_the_shell_needs_neither_alembic_nor_a_terminal(
