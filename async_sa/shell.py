@@ -159,6 +159,11 @@ class _LoopThread(threading.Thread):
         self._interrupted = False
 
     def run(self) -> None:
+        # SIGINT goes to a thread that does not block it. Taken by this one
+        # (or a driver's, started from here), it would not interrupt the main
+        # thread's wait for input or for a statement.
+        if hasattr(signal, "pthread_sigmask"):
+            signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
         try:
             asyncio.run(self._serve())
         except BaseException as error:  # reported by run(), in the main thread
