@@ -20,6 +20,7 @@ import sqlalchemy.ext.asyncio as sa_async
 
 from async_sa.engines import BindKey
 from async_sa.extension import SQLAlchemy
+from async_sa.integration import dispose_engines
 
 
 class TargetError(Exception):
@@ -68,9 +69,7 @@ class Target:
     async def dispose(self) -> None:
         """Wait for the sessions of finished tasks to close, then dispose the
         engines (their connections in the running loop are closed)."""
-        await self.db.session.registry.wait_closed()
-        for engine in self.engines.values():
-            await engine.dispose()
+        await dispose_engines(self.db, self.app)
 
 
 def load_target(spec: str) -> Target:
