@@ -4,10 +4,17 @@ whole shell."""
 
 from __future__ import annotations
 
+import asyncio
 import sys
+import typing as t
 
 import pytest
+import quart
 
+from async_sa import shell
+from async_sa import SQLAlchemy
+from async_sa.shell import ShellError
+from async_sa.target import app_target
 from tests.migration_project import Project
 from tests.migration_project import project_fixture
 from tests.test_quart_migrations import with_app
@@ -44,3 +51,26 @@ async def test_the_apps_shell_keeps_its_app_context_and_its_session(
     assert "attached True 2" in result.stdout
     assert "Closed the session and disposed the engines." in result.stdout
     assert set(await project.columns()) == {None, "users"}
+
+
+async def test_a_failure_opening_the_shell_names_its_cause_and_shows_no_prompt(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """An app context that cannot be pushed: ShellError naming the cause,
+    before any prompt."""
+    app = quart.Quart(__name__)
+    SQLAlchemy(app, url="sqlite://")
+
+    def no_context() -> t.Any:
+        raise RuntimeError("no context here")
+
+    monkeypatch.setattr(app, "app_context", no_context)
+    prompts: list[str] = []
+
+    def read(prompt: str) -> str:
+        prompts.append(prompt)
+        raise EOFError
+
+    with pytest.raises(ShellError, match="opening the shell failed: RuntimeError"):
+        await asyncio.to_thread(shell.run, app_target(app), readfunc=read)
+    assert prompts == []

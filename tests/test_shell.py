@@ -21,10 +21,7 @@ from click.testing import CliRunner
 from async_sa import shell
 from async_sa import SQLAlchemy
 from async_sa.cli import main
-from async_sa.shell import ShellError
 from async_sa.target import load_target
-from async_sa.target import Target
-from tests.conftest import NewDb
 from tests.migration_project import Project
 from tests.migration_project import project_fixture
 
@@ -360,36 +357,6 @@ def test_shell_has_help() -> None:
     assert result.exit_code == 0, result.output
     assert "--db MODULE:NAME" in result.output
     assert "Ctrl+D" in result.output
-
-
-class _AppWithoutContext:
-    """An app whose context cannot be pushed."""
-
-    name = "broken"
-
-    def app_context(self) -> t.Any:
-        raise RuntimeError("no context here")
-
-    def make_shell_context(self) -> dict[str, t.Any]:
-        return {}
-
-
-async def test_a_failure_opening_the_shell_names_its_cause_and_shows_no_prompt(
-    new_db: NewDb,
-) -> None:
-    """An app context that cannot be pushed: ShellError naming the cause,
-    before any prompt; the engines are disposed all the same."""
-    db = new_db(url="sqlite://")
-    target = Target(db, db.engines, _AppWithoutContext())
-    prompts: list[str] = []
-
-    def read(prompt: str) -> str:
-        prompts.append(prompt)
-        raise EOFError
-
-    with pytest.raises(ShellError, match="opening the shell failed: RuntimeError"):
-        await asyncio.to_thread(shell.run, target, readfunc=read)
-    assert prompts == []
 
 
 async def test_ctrl_c_during_a_query_then_rollback_and_the_session_goes_on(

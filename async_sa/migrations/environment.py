@@ -87,7 +87,19 @@ def run_migrations(
     if context.is_offline_mode():
         _run_offline(context, binds, configure_args)
     else:
-        asyncio.run(_run_online(context, target, binds, configure_args))
+        asyncmy = logging.getLogger("asyncmy")
+        asyncmy.addFilter(_ignored_primary_key_name)
+        try:
+            asyncio.run(_run_online(context, target, binds, configure_args))
+        finally:
+            asyncmy.removeFilter(_ignored_primary_key_name)
+
+
+def _ignored_primary_key_name(record: logging.LogRecord) -> bool:
+    """Drop MariaDB's (and MySQL's) note that the name Alembic gives the
+    version table's primary key is ignored: harmless (their primary keys are
+    all named PRIMARY), yet asyncmy logs every server note as a warning."""
+    return not record.getMessage().endswith("_pkc' ignored for PRIMARY key.")
 
 
 def _check_binds(script: ScriptDirectory, configured: list[str]) -> None:
