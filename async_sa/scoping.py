@@ -59,14 +59,18 @@ class TaskRegistry(ScopedRegistry[_AS]):
             contextvars.ContextVar(f"async_sa_shared_{id(self):x}", default=None)
         )
         """The shared scope entered in the current context, if any."""
+        self.open_scopes = 0
+        """How many shared scopes are open, in any context: while none is,
+        a lookup does not even read ``shared``."""
         event_loops.close_sessions_at_loop_end(self)
 
     def __call__(self) -> _AS:
-        scope = self.shared.get()
-        if scope is not None:
-            shared = scope.session()
-            if shared is not None:
-                return shared
+        if self.open_scopes:
+            scope = self.shared.get()
+            if scope is not None:
+                shared = scope.session()
+                if shared is not None:
+                    return shared
         try:
             session: _AS = self.registry[asyncio.current_task()]
             return session

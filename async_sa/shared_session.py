@@ -100,6 +100,7 @@ class SharedSessionScope(t.Generic[_AS]):
                 "async code."
             ) from None
         self._token = self._registry.shared.set(self)
+        self._registry.open_scopes += 1
         event_loops.close_sessions_at_loop_end(self)
         return self
 
@@ -121,6 +122,8 @@ class SharedSessionScope(t.Generic[_AS]):
                 self._registry.shared.reset(token)
             except ValueError:
                 pass  # ended in another context than it was entered in
+        if self._loop is not None and not self._closed:
+            self._registry.open_scopes -= 1
         self._closed = True
         session, self._session = self._session, None
         if session is not None:

@@ -4,6 +4,7 @@ outside it, task scoping is unchanged."""
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import typing as t
 
 import pytest
@@ -71,6 +72,7 @@ async def test_outside_the_scope_each_task_keeps_its_own_session(
         assert await asyncio.create_task(_current_session(db)) is shared
     assert db.session() is before
     assert await asyncio.create_task(_current_session(db)) is not shared
+    assert db.session.registry.open_scopes == 0
     await db.session.remove()
 
 
@@ -341,3 +343,43 @@ async def test_another_event_loop_inside_the_scope_keeps_task_scoping(
         assert await asyncio.to_thread(asyncio.run, other_loop()) == 1
         assert not shared.in_transaction()
     assert await count(db, todo) == 1
+
+
+async def test_statements_run_as_tasks_of_one_context_share_the_session(
+    db: SQLAlchemy, todo: type[t.Any]
+) -> None:
+    """As an asyncio REPL runs each statement: a task made from one Context
+    in which the scope was entered; an object of one statement stays attached
+    in the next."""
+    context = contextvars.copy_context()
+    scope = context.run(db.session.shared().enter)
+    loop = asyncio.get_running_loop()
+
+    async def run_statement(
+        statement: t.Callable[[], t.Coroutine[t.Any, t.Any, t.Any]],
+    ) -> t.Any:
+        made: asyncio.Future[asyncio.Task[t.Any]] = loop.create_future()
+        loop.call_soon(
+            lambda: made.set_result(loop.create_task(statement())), context=context
+        )
+        return await (await made)
+
+    async def make() -> t.Any:
+        item = todo(title="first statement")
+        db.session.add(item)
+        await db.session.commit()
+        return item
+
+    item = await run_statement(make)
+
+    async def change() -> None:
+        assert item in db.session
+        item.title = "second statement"
+        await db.session.commit()
+
+    await run_statement(change)
+    assert db.session() is not scope.session()
+    await scope.aclose()
+    assert checked_out(db) == 0
+    async with db.sessionmaker() as session:
+        assert await session.scalar(sa.select(todo.title)) == "second statement"
