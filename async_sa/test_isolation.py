@@ -22,8 +22,11 @@ commits; so the outer transaction is begun with an explicit ``BEGIN``.
 Not covered: tables created or connections opened directly from an engine
 (``db.create_all()``, ``db.engine.connect()``) inside the block; they use other
 connections. Create tables before entering it. All sessions of an engine share
-one connection: run one statement at a time on it (concurrent work inside the
-isolation fails on the driver's "operation in progress" check).
+one connection, so their transactions cannot run concurrently: a session may
+work inside another's transaction (its savepoint nested in the other's), but
+one ending its transaction while a later-begun one is still open gets
+:class:`~async_sa.ConcurrentSessionUseError` (the connection's savepoints
+are out of step after it; the exit still rolls everything back).
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ import sqlalchemy.ext.asyncio as sa_async
 
 from async_sa.cleanup import run_to_completion
 from async_sa.engines import BindKey
+from async_sa.errors import ConcurrentSessionUseError
 from async_sa.shared_session import SharedSessionScope
 from async_sa.state import State
 
@@ -108,6 +112,9 @@ class TestIsolation:
             if connection.dialect.name == "sqlite":
                 await connection.exec_driver_sql("BEGIN")
             sync_connections[key] = connection.sync_connection
+            sa.event.listen(
+                connection.sync_connection, "release_savepoint", _release_innermost
+            )
         # get_bind hands these out where it would hand out the engines, and
         # caches them in routes of their own.
         joined = dataclasses.replace(state, routes={})
@@ -165,6 +172,29 @@ class TestIsolation:
 
     def __exit__(self, *exc_info: object) -> None:
         """Never reached: :meth:`__enter__` raises."""
+
+
+def _release_innermost(connection: sa.Connection, name: str, context: None) -> None:
+    """Fail clearly when sessions sharing an isolation's connection end their
+    savepoints out of order (two sessions' transactions running concurrently).
+
+    Releasing a savepoint releases those begun after it too, so a session
+    committing while another session's later savepoint is open would take
+    that session's work along, and its own ``RELEASE`` would then fail with
+    the database's "no such savepoint". The release is refused first, naming
+    the cause: it must be the connection's innermost savepoint
+    (``release_savepoint`` listener of the isolation's connections).
+    """
+    innermost = connection._nested_transaction
+    if innermost is not None and innermost._savepoint != name:
+        raise ConcurrentSessionUseError(
+            "Inside db.test_isolation() every session of an engine runs on "
+            f"one connection, and savepoint {name!r} was released while a "
+            f"later one ({innermost._savepoint!r}) is still open: two "
+            "sessions ran transactions at the same time. Inside the "
+            "isolation, let one session's transaction end before another's "
+            "begins (concurrency cannot be isolated on one connection)."
+        )
 
 
 async def _collect(

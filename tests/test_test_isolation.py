@@ -12,6 +12,7 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Mapped
 from sqlalchemy.orm import mapped_column
 
+import async_sa
 from async_sa import signals
 from async_sa import SQLAlchemy
 from tests.conftest import Backend
@@ -250,3 +251,28 @@ async def test_a_statement_cancelled_inside_still_rolls_everything_back(
             await asyncio.gather(statement, return_exceptions=True)
         assert checked_out(db) == 0
         assert await count(db, todo) == 0
+
+
+async def test_sessions_committing_concurrently_fail_clearly(
+    db: SQLAlchemy, todo: type[t.Any]
+) -> None:
+    """Two sessions' transactions interleaved on the isolation's connection:
+    the first to end while the other's later savepoint is open gets
+    ConcurrentSessionUseError (not the database's "no such savepoint"); the
+    isolation still rolls everything back and returns its connections."""
+
+    async def add(title: str) -> None:
+        async with db.sessionmaker() as session:
+            session.add(todo(title=title))
+            await session.flush()
+            await asyncio.sleep(0.01)
+            await session.commit()
+
+    async with db.test_isolation():
+        results = await asyncio.gather(add("a"), add("b"), return_exceptions=True)
+        errors = [r for r in results if isinstance(r, BaseException)]
+        assert len(errors) == 1
+        assert isinstance(errors[0], async_sa.ConcurrentSessionUseError)
+        assert "one connection" in str(errors[0])
+    assert checked_out(db) == 0
+    assert await count(db, todo) == 0
