@@ -1,8 +1,11 @@
-"""Development sessions: tests (SQLite and PostgreSQL), lint, typing, bench, demos,
-and the compatibility matrix CI runs (``.ci/run``).
+"""Development sessions: tests (SQLite, PostgreSQL through asyncpg and psycopg,
+MariaDB), lint, typing, bench, demos, and the compatibility matrix CI runs
+(``.ci/run``).
 
-PostgreSQL cases read ``ASYNC_SA_TEST_POSTGRES_URL`` and skip when no server
-answers, unless ``ASYNC_SA_REQUIRE_POSTGRES=1``.
+PostgreSQL cases read ``ASYNC_SA_TEST_POSTGRES_URL`` (and
+``ASYNC_SA_TEST_PSYCOPG_URL``), MariaDB cases ``ASYNC_SA_TEST_MARIADB_URL``; they
+skip when no server answers, unless ``ASYNC_SA_REQUIRE_POSTGRES=1`` /
+``ASYNC_SA_REQUIRE_MARIADB=1``.
 
 The matrix sessions find their interpreters on ``PATH`` and in pyenv's versions
 (the newest installed patch of each). A missing interpreter is an error, never
@@ -89,7 +92,7 @@ def _pytest(session: nox.Session, loop: str = "asyncio") -> None:
 
 @nox.session(python=MAIN_PYTHON)
 def tests(session: nox.Session) -> None:
-    """The test suite on SQLite and PostgreSQL, with the newest dependencies."""
+    """The test suite on every backend, with the newest dependencies."""
     _install(session)
     session.run("pytest", *session.posargs)
 
@@ -115,7 +118,9 @@ def tests_oldest(session: nox.Session) -> None:
     :mod:`async_sa.event_loops` use. asyncpg 0.29 to 0.31 leave exceptions
     unretrieved after cancelled transactions ("Future exception was never
     retrieved ... connection was closed in the middle of operation": 12 to 39
-    in the lifecycle tests; none on 0.32.0).
+    in the lifecycle tests; none on 0.32.0). asyncmy 0.2.13 is the first that
+    closes a connection whose read was cancelled instead of pooling it out of
+    step with the server.
     """
     _install(
         session,
@@ -123,6 +128,8 @@ def tests_oldest(session: nox.Session) -> None:
         f"quart=={OLDEST_QUART}.*",
         "aiosqlite==0.22.1",
         "asyncpg==0.32.0",
+        "psycopg[binary]==3.2.0",
+        "asyncmy==0.2.13",
         "blinker==1.7.*",
     )
     _pytest(session)
@@ -207,7 +214,7 @@ def build(session: nox.Session, flit_core: str) -> None:
 @nox.session
 def bench(session: nox.Session) -> None:
     """Benchmarks: ratios against plain SQLAlchemy asyncio (never run by tests)."""
-    session.install("-e", ".[postgresql,quart]", *group("bench"))
+    session.install("-e", ".[postgresql,psycopg,mysql,quart]", *group("bench"))
     session.run("python", "-m", "benchmarks", *session.posargs)
 
 

@@ -6,15 +6,21 @@ answered with ``ROLLBACK`` without an error, so a plain commit would report
 success for work that was thrown away. SQLite and MariaDB keep the transaction
 instead, and a savepoint rolled back after the error restores it on PostgreSQL.
 
-So nothing is decided by dialect: a failed statement marks its connection
-(``handle_error``, which runs only on errors), and a session's commit asks each
-marked connection whether its transaction still runs statements (``SELECT 1``
-on the driver connection). Commits with no failed statement cost one check of
-an empty set.
+So a failed statement marks its connection (``handle_error``, which runs only
+on errors), and a session's commit asks each marked connection whether its
+transaction still runs statements (``SELECT 1`` on the driver connection).
+Commits with no failed statement cost one check of an empty set.
+
+One case the question cannot see: MySQL and MariaDB roll the whole transaction
+back on a deadlock (error 1213), and the next statement silently starts a new
+one, so a commit after the caught error would store only the work done since.
+That error marks its connection as rolled back, and the commit refuses it
+without asking.
 """
 
 from __future__ import annotations
 
+import typing as t
 import weakref
 from collections.abc import Iterable
 
@@ -26,6 +32,12 @@ from async_sa.errors import TransactionAbortedError
 
 _failed: weakref.WeakSet[sa.Connection] = weakref.WeakSet()
 """Connections on which a statement failed since their last successful check."""
+_rolled_back: weakref.WeakKeyDictionary[sa.Connection, BaseException] = (
+    weakref.WeakKeyDictionary()
+)
+"""Connections whose transaction a MySQL deadlock rolled back, with the error."""
+MYSQL_DEADLOCK = 1213
+"""MySQL's ``ER_LOCK_DEADLOCK``: the transaction was rolled back as a whole."""
 
 
 def watch(engines: Iterable[sa_async.AsyncEngine]) -> None:
@@ -38,6 +50,16 @@ def _statement_failed(context: sa.engine.ExceptionContext) -> None:
     connection = context.connection
     if connection is not None:
         _failed.add(connection)
+        if _rolls_back_the_transaction(context):
+            _rolled_back[connection] = context.original_exception
+
+
+def _rolls_back_the_transaction(context: sa.engine.ExceptionContext) -> bool:
+    """Whether the error rolled back the whole MySQL/MariaDB transaction."""
+    if context.dialect.name not in ("mysql", "mariadb"):
+        return False
+    arguments: tuple[t.Any, ...] = getattr(context.original_exception, "args", ())
+    return bool(arguments) and arguments[0] == MYSQL_DEADLOCK
 
 
 def refuse_aborted_commit(session: sa_orm.Session) -> None:
@@ -54,12 +76,13 @@ def refuse_aborted_commit(session: sa_orm.Session) -> None:
     # SessionTransaction has no public way to list its connections.
     for connection, *_ in list(transaction._connections.values()):
         if connection in _failed:
-            error = _probe(connection)
+            error = _rolled_back.get(connection) or _probe(connection)
             if error is not None:
                 raise TransactionAbortedError(
                     "This transaction cannot be committed: a statement failed "
                     "earlier in it and the database aborted the transaction "
-                    "(committing would store nothing). Roll the session back "
+                    "(committing would lose the work done before the error). "
+                    "Roll the session back "
                     "and redo the work; run a statement that may fail inside "
                     "'async with session.begin_nested():' to keep the rest of "
                     "the transaction."

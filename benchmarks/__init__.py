@@ -5,7 +5,8 @@ smoke run, ``--only NAME`` for one scenario, ``--help`` for the rest. Each
 scenario runs against its baseline interleaved in one process (A B B A ...),
 and reports the median of the paired ratios (async_sa time / baseline time)
 with their min and max, on SQLite (aiosqlite, a file) and PostgreSQL
-(asyncpg). The run writes ``benchmarks/RESULTS.md`` and
+(asyncpg); the in-process scenarios also on PostgreSQL through psycopg and on
+MariaDB (asyncmy). The run writes ``benchmarks/RESULTS.md`` and
 ``benchmarks/throughput.png``.
 
 Never run by the test suite: no module here is named ``test_*``.

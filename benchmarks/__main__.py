@@ -51,7 +51,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         "--backend",
         action="append",
         choices=_backends.NAMES,
-        help="run only on this database (repeatable)",
+        help="run only on this database (repeatable); memory and end_to_end "
+        f"run on {' and '.join(_backends.SERVED)} only",
     )
     parser.add_argument("--rounds", type=int, help="timed rounds per comparison")
     parser.add_argument(
@@ -133,12 +134,14 @@ def main(argv: list[str] | None = None) -> int:
     names = args.only or SCENARIOS
     backends = list(args.backend or _backends.NAMES)
     skipped: list[str] = []
-    if "postgresql" in backends:
-        reason = asyncio.run(_backends.postgres_unavailable())
+    for name in list(backends):
+        reason = asyncio.run(_backends.unavailable(name))
         if reason is not None:
-            print(f"skipping PostgreSQL: {reason}", flush=True)
-            skipped.append(f"PostgreSQL skipped: {reason}")
-            backends.remove("postgresql")
+            label = _backends.LABELS[name]
+            print(f"skipping {label}: {reason}", flush=True)
+            skipped.append(f"{label} skipped: {reason}")
+            backends.remove(name)
+    served = [name for name in backends if name in _backends.SERVED]
     output: Path | None = args.output
     full = set(names) == set(SCENARIOS) and not args.quick
     if output is None and full:
@@ -156,9 +159,9 @@ def main(argv: list[str] | None = None) -> int:
     if micro:
         results += asyncio.run(run_micro(micro, backends, settings, args.profile))
     if "memory" in names:
-        memory_results = memory.run(backends, settings)
+        memory_results = memory.run(served, settings)
     if "end_to_end" in names:
-        e2e = end_to_end.run(backends, settings, plot=plot, slices=slices)
+        e2e = end_to_end.run(served, settings, plot=plot, slices=slices)
         results += e2e.comparisons
         sweep = e2e
         skipped += e2e.skipped

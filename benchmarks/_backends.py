@@ -1,16 +1,19 @@
-"""The databases every scenario runs on: a SQLite file and a PostgreSQL schema.
+"""The databases the scenarios run on: a SQLite file, a PostgreSQL schema
+(through asyncpg, and through psycopg) and a MariaDB database.
 
 PostgreSQL is reached at ``ASYNC_SA_BENCH_POSTGRES_URL`` (else
-``ASYNC_SA_TEST_POSTGRES_URL``, else ``postgresql+asyncpg://postgres@127.0.0.1:5432/test``).
-Each scenario gets a schema of its own, dropped afterwards; when no server
-answers, the PostgreSQL runs are skipped with the reason printed.
+``ASYNC_SA_TEST_POSTGRES_URL``, else ``postgresql+asyncpg://postgres@127.0.0.1:5432/test``),
+through psycopg on the same server, and MariaDB at ``ASYNC_SA_BENCH_MARIADB_URL``
+(else ``ASYNC_SA_TEST_MARIADB_URL``, else ``mysql+asyncmy://root@127.0.0.1:3306/test``).
+Each scenario gets a schema or database of its own, dropped afterwards; when no
+server answers, its runs are skipped with the reason printed.
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import dataclasses
+import importlib
 import os
 import shutil
 import tempfile
@@ -28,6 +31,12 @@ POSTGRES_URL = os.environ.get(
         "postgresql+asyncpg://postgres@127.0.0.1:5432/test",
     ),
 )
+MARIADB_URL = os.environ.get(
+    "ASYNC_SA_BENCH_MARIADB_URL",
+    os.environ.get(
+        "ASYNC_SA_TEST_MARIADB_URL", "mysql+asyncmy://root@127.0.0.1:3306/test"
+    ),
+)
 SQLITE_TIMEOUT = 30.0
 """The busy timeout both sides get on SQLite (async_sa's default)."""
 
@@ -36,8 +45,16 @@ SQLITE_DIR = "/dev/shm" if os.path.isdir("/dev/shm") else None
 PostgreSQL sessions set ``synchronous_commit=off``: both sides then wait for no
 disk flush on commit, whose jitter would drown what is measured."""
 
-NAMES = ("sqlite", "postgresql")
-LABELS = {"sqlite": "SQLite", "postgresql": "PostgreSQL"}
+NAMES = ("sqlite", "postgresql", "psycopg", "mariadb")
+LABELS = {
+    "sqlite": "SQLite",
+    "postgresql": "PostgreSQL",
+    "psycopg": "PostgreSQL (psycopg)",
+    "mariadb": "MariaDB",
+}
+SERVED = ("sqlite", "postgresql")
+"""The databases of the memory and end-to-end scenarios (the others run the
+in-process ones only)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -76,25 +93,49 @@ def asyncpg_dsn(url: str) -> str:
     return plain.render_as_string(hide_password=False)
 
 
-async def postgres_unavailable() -> str | None:
-    """Why PostgreSQL cannot be used, or ``None`` when it answers."""
+async def unavailable(name: str) -> str | None:
+    """Why the database ``name`` cannot be used, or ``None`` when it answers."""
+    if name == "sqlite":
+        return None
+    module = {"postgresql": "asyncpg", "psycopg": "psycopg", "mariadb": "asyncmy"}
     try:
-        import asyncpg
+        importlib.import_module(module[name])
     except ImportError:
-        return "asyncpg is not installed"
+        return f"{module[name]} is not installed"
+    url = MARIADB_URL if name == "mariadb" else POSTGRES_URL
     try:
-        connection = await asyncpg.connect(asyncpg_dsn(POSTGRES_URL), timeout=3)
-    except (OSError, asyncio.TimeoutError, asyncpg.PostgresError) as error:
-        shown = sa.make_url(POSTGRES_URL).render_as_string(hide_password=True)
-        return f"no PostgreSQL server answers at {shown} ({type(error).__name__})"
-    await connection.close()
+        if name == "mariadb":
+            connection = await _mariadb_connect()
+            connection.close()
+        else:
+            import asyncpg
+
+            await (await asyncpg.connect(asyncpg_dsn(url), timeout=3)).close()
+    except Exception as error:
+        shown = sa.make_url(url).render_as_string(hide_password=True)
+        return f"no server answers at {shown} ({type(error).__name__})"
     return None
+
+
+async def _mariadb_connect() -> t.Any:
+    import asyncmy
+
+    url = sa.make_url(MARIADB_URL)
+    return await asyncmy.connect(
+        host=url.host or "127.0.0.1",
+        port=url.port or 3306,
+        user=url.username or "root",
+        password=url.password or "",
+        autocommit=True,
+        connect_timeout=3,
+    )
 
 
 @contextlib.asynccontextmanager
 async def open_backend(name: str, tag: str) -> AsyncIterator[Backend]:
-    """A fresh, empty database on ``name``: a new SQLite file, or a new
-    PostgreSQL schema (``search_path`` set on every connection); removed after."""
+    """A fresh, empty database on ``name``: a new SQLite file, a new PostgreSQL
+    schema (``search_path`` set on every connection) or a new MariaDB database;
+    removed after."""
     suffix = uuid.uuid4().hex[:10]
     if name == "sqlite":
         directory = tempfile.mkdtemp(prefix=f"async_sa_bench_{tag}_", dir=SQLITE_DIR)
@@ -108,22 +149,40 @@ async def open_backend(name: str, tag: str) -> AsyncIterator[Backend]:
         finally:
             shutil.rmtree(directory, ignore_errors=True)
         return
+    if name == "mariadb":
+        database = f"async_sa_bench_{tag}_{suffix}"
+        connection = await _mariadb_connect()
+        try:
+            async with connection.cursor() as cursor:
+                await cursor.execute(f"CREATE DATABASE `{database}`")
+            url = sa.make_url(MARIADB_URL).set(database=database)
+            yield Backend("mariadb", url.render_as_string(hide_password=False), {})
+        finally:
+            async with connection.cursor() as cursor:
+                await cursor.execute(f"DROP DATABASE IF EXISTS `{database}`")
+            connection.close()
+        return
     import asyncpg
 
     schema = f"async_sa_bench_{tag}_{suffix}"
     connection = await asyncpg.connect(asyncpg_dsn(POSTGRES_URL))
     try:
         await connection.execute(f'CREATE SCHEMA "{schema}"')
-        async_url = sa.make_url(POSTGRES_URL).set(drivername="postgresql+asyncpg")
-        yield Backend(
-            "postgresql",
-            async_url.render_as_string(hide_password=False),
-            {
+        driver = "psycopg" if name == "psycopg" else "asyncpg"
+        async_url = sa.make_url(POSTGRES_URL).set(drivername=f"postgresql+{driver}")
+        if name == "psycopg":
+            connect_args: dict[str, t.Any] = {
+                "options": f"-csearch_path={schema} -csynchronous_commit=off"
+            }
+        else:
+            connect_args = {
                 "server_settings": {
                     "search_path": schema,
                     "synchronous_commit": "off",
                 }
-            },
+            }
+        yield Backend(
+            name, async_url.render_as_string(hide_password=False), connect_args
         )
     finally:
         await connection.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')

@@ -23,7 +23,16 @@ from benchmarks.end_to_end import SLICE
 from benchmarks.end_to_end import SLICES_PER_APP
 from benchmarks.end_to_end import Sweep
 
-PACKAGES = ("sqlalchemy", "aiosqlite", "asyncpg", "quart", "hypercorn", "blinker")
+PACKAGES = (
+    "sqlalchemy",
+    "aiosqlite",
+    "asyncpg",
+    "psycopg",
+    "asyncmy",
+    "quart",
+    "hypercorn",
+    "blinker",
+)
 
 
 def machine() -> str:
@@ -93,9 +102,11 @@ def render(
         "(a shared box: other processes ran meanwhile)",
         f"- **Versions**: {versions()}",
         "- **Databases**: SQLite file on memory-backed storage (`/dev/shm`) through "
-        "aiosqlite; PostgreSQL on 127.0.0.1 through asyncpg with "
-        "`synchronous_commit=off`. Both sides of every comparison get the same "
-        "database, URL, pool and connect arguments.",
+        "aiosqlite; PostgreSQL on 127.0.0.1 through asyncpg (and, for the "
+        "in-process scenarios, psycopg) with `synchronous_commit=off`; MariaDB "
+        "on 127.0.0.1 through asyncmy (in-process scenarios). Both sides of "
+        "every comparison get the same database, URL, pool and connect "
+        "arguments.",
         f"- **Method**: A (async_sa) and B (baseline) alternate one operation at "
         f"a time (A B B A …) in one process; {settings.rounds} timed rounds "
         f"after {settings.warmup} warm-up round(s). A round's ratio is the "

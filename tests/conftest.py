@@ -1,10 +1,15 @@
-"""Fixtures: every database test runs on SQLite (memory and file) and PostgreSQL.
+"""Fixtures: every database test runs on five backends: SQLite in memory and in
+a file, PostgreSQL through asyncpg and through psycopg, and MariaDB through asyncmy.
 
 PostgreSQL is reached at ``ASYNC_SA_TEST_POSTGRES_URL`` (default
-``postgresql+asyncpg://postgres@127.0.0.1:5432/test``). When no server answers,
-its cases are skipped with a reason, unless ``ASYNC_SA_REQUIRE_POSTGRES=1``, which
-makes them fail instead. Each PostgreSQL test gets a schema of its own, dropped
-afterwards, so runs never collide.
+``postgresql+asyncpg://postgres@127.0.0.1:5432/test``), through psycopg at
+``ASYNC_SA_TEST_PSYCOPG_URL`` (default: the same server), MariaDB at
+``ASYNC_SA_TEST_MARIADB_URL`` (default ``mysql+asyncmy://root@127.0.0.1:3306/test``).
+When a server does not answer (or its driver is not installed), its cases are
+skipped with the reason, unless ``ASYNC_SA_REQUIRE_POSTGRES=1`` (both PostgreSQL
+drivers) or ``ASYNC_SA_REQUIRE_MARIADB=1``, which make them fail instead. Each
+PostgreSQL test gets a schema of its own and each MariaDB test a database of its
+own, dropped afterwards, so runs never collide.
 
 ``ASYNC_SA_TEST_LOOP`` picks the event loop every test runs on, including the
 loops tests start with :func:`asyncio.run`: ``asyncio`` (the default), ``uvloop``,
@@ -18,6 +23,8 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
+import copy
 import dataclasses
 import functools
 import gc
@@ -50,6 +57,19 @@ if os.environ.get("CI"):
 POSTGRES_URL = os.environ.get(
     "ASYNC_SA_TEST_POSTGRES_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/test"
 )
+PSYCOPG_URL = os.environ.get(
+    "ASYNC_SA_TEST_PSYCOPG_URL",
+    sa.make_url(POSTGRES_URL)
+    .set(drivername="postgresql+psycopg")
+    .render_as_string(hide_password=False),
+)
+MARIADB_URL = os.environ.get(
+    "ASYNC_SA_TEST_MARIADB_URL", "mysql+asyncmy://root@127.0.0.1:3306/test"
+)
+REQUIRED_BY = {
+    "PostgreSQL": "ASYNC_SA_REQUIRE_POSTGRES",
+    "MariaDB": "ASYNC_SA_REQUIRE_MARIADB",
+}
 REQUIRE_POSTGRES = os.environ.get("ASYNC_SA_REQUIRE_POSTGRES") == "1"
 LOOP = os.environ.get("ASYNC_SA_TEST_LOOP", "asyncio")
 
@@ -185,45 +205,110 @@ def asyncpg_dsn(url: str | sa.URL) -> str:
     return plain.render_as_string(hide_password=False)
 
 
+def _probe(connect: Callable[[], t.Awaitable[None]]) -> BaseException | None:
+    """Run ``connect`` in a thread with its own event loop (the callers are
+    async fixtures); its error, or ``None`` when it succeeds."""
+
+    async def probe() -> None:
+        await asyncio.wait_for(connect(), 5)
+
+    try:
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            pool.submit(lambda: asyncio.run(probe())).result()
+    except Exception as error:
+        return error
+    return None
+
+
+def _unanswered(what: str, url: str, variable: str, error: BaseException) -> str:
+    shown = sa.make_url(url).render_as_string(hide_password=True)
+    return (
+        f"no {what} server answers at {shown} ({type(error).__name__}); "
+        f"set {variable} to run these cases "
+        f"({REQUIRED_BY[what]}=1 makes this a failure)"
+    )
+
+
 @functools.cache
 def postgres_unavailable() -> str | None:
-    """Why PostgreSQL cannot be used here, or ``None`` when it answers."""
+    """Why PostgreSQL (through asyncpg) cannot be used here, or ``None``."""
     try:
         import asyncpg
     except ImportError:
         return "asyncpg is not installed (pip install 'async_sa[postgresql]')"
 
-    async def probe() -> None:
+    async def connect() -> None:
         connection = await asyncpg.connect(asyncpg_dsn(POSTGRES_URL), timeout=3)
         await connection.close()
 
+    error = _probe(connect)
+    if error is None:
+        return None
+    return _unanswered("PostgreSQL", POSTGRES_URL, "ASYNC_SA_TEST_POSTGRES_URL", error)
+
+
+@functools.cache
+def psycopg_unavailable() -> str | None:
+    """Why PostgreSQL through psycopg cannot be used here, or ``None``."""
     try:
-        # Called from async fixtures: probe in a thread with its own event loop.
-        with concurrent.futures.ThreadPoolExecutor(1) as pool:
-            pool.submit(lambda: asyncio.run(probe())).result()
-    except (OSError, asyncio.TimeoutError, asyncpg.PostgresError) as error:
-        shown = sa.make_url(POSTGRES_URL).render_as_string(hide_password=True)
-        return (
-            f"no PostgreSQL server answers at {shown} ({type(error).__name__}); "
-            "set ASYNC_SA_TEST_POSTGRES_URL to run these cases "
-            "(ASYNC_SA_REQUIRE_POSTGRES=1 makes this a failure)"
+        import psycopg
+    except ImportError:
+        return "psycopg is not installed (pip install 'async_sa[psycopg]')"
+
+    async def connect() -> None:
+        connection = await psycopg.AsyncConnection.connect(
+            asyncpg_dsn(PSYCOPG_URL), connect_timeout=3
         )
-    return None
+        await connection.close()
+
+    error = _probe(connect)
+    if error is None:
+        return None
+    return _unanswered("PostgreSQL", PSYCOPG_URL, "ASYNC_SA_TEST_PSYCOPG_URL", error)
+
+
+@functools.cache
+def mariadb_unavailable() -> str | None:
+    """Why MariaDB (through asyncmy) cannot be used here, or ``None``."""
+    try:
+        import asyncmy  # noqa: F401
+    except ImportError:
+        return "asyncmy is not installed (pip install 'async_sa[mysql]')"
+
+    async def connect() -> None:
+        connection = await _mariadb_connect(MARIADB_URL)
+        connection.close()
+
+    error = _probe(connect)
+    if error is None:
+        return None
+    return _unanswered("MariaDB", MARIADB_URL, "ASYNC_SA_TEST_MARIADB_URL", error)
 
 
 def require_postgres() -> None:
     """Skip (or, when required, fail) the current test without PostgreSQL."""
-    reason = postgres_unavailable()
+    _require("PostgreSQL", postgres_unavailable())
+
+
+def require_mariadb() -> None:
+    """Skip (or, when required, fail) the current test without MariaDB."""
+    _require("MariaDB", mariadb_unavailable())
+
+
+def _require(what: str, reason: str | None) -> None:
     if reason is not None:
-        if REQUIRE_POSTGRES:
-            pytest.fail(f"PostgreSQL is required: {reason}")
+        if os.environ.get(REQUIRED_BY[what]) == "1":
+            pytest.fail(f"{what} is required: {reason}")
         pytest.skip(reason)
 
 
-async def count_postgres_backends(application_name: str, state: str = "%") -> int:
+async def count_postgres_backends(
+    application_name: str, state: str = "%", url: str = POSTGRES_URL
+) -> int:
     """Our backends in ``pg_stat_activity``, by application name and state
     (a LIKE pattern, e.g. ``"idle in transaction%"``)."""
     return await _on_postgres(
+        url,
         "SELECT count(*) FROM pg_stat_activity "
         "WHERE application_name = $1 AND state LIKE $2",
         application_name,
@@ -231,78 +316,228 @@ async def count_postgres_backends(application_name: str, state: str = "%") -> in
     )
 
 
-async def terminate_postgres_backends(application_name: str) -> int:
+async def terminate_postgres_backends(
+    application_name: str, url: str = POSTGRES_URL
+) -> int:
     """Kill our backends, as a database restart would; returns how many."""
     return await _on_postgres(
+        url,
         "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
         "WHERE application_name = $1",
         application_name,
     )
 
 
-async def _on_postgres(query: str, *arguments: object) -> int:
+async def _on_postgres(url: str, query: str, *arguments: object) -> int:
     import asyncpg
 
-    connection = await asyncpg.connect(asyncpg_dsn(POSTGRES_URL))
+    connection = await asyncpg.connect(asyncpg_dsn(url))
     try:
         return t.cast(int, await connection.fetchval(query, *arguments))
     finally:
         await connection.close()
 
 
+async def _mariadb_connect(url: str | sa.URL) -> t.Any:
+    """A plain asyncmy connection (autocommit) to the MariaDB server of ``url``."""
+    import asyncmy
+
+    parsed = sa.make_url(url)
+    return await asyncmy.connect(
+        host=parsed.host or "127.0.0.1",
+        port=parsed.port or 3306,
+        user=parsed.username or "root",
+        password=parsed.password or "",
+        database=parsed.database,
+        autocommit=True,
+        connect_timeout=3,
+    )
+
+
+async def _on_mariadb(query: str, *arguments: object) -> list[tuple[t.Any, ...]]:
+    connection = await _mariadb_connect(MARIADB_URL)
+    try:
+        async with connection.cursor() as cursor:
+            await cursor.execute(query, arguments or None)
+            return list(await cursor.fetchall())
+    finally:
+        connection.close()
+
+
 @dataclasses.dataclass
 class Backend:
-    """One database to run a test on: its URL and the engine options it needs."""
+    """One database to run a test on: its URL and the engine options it needs.
+
+    ``namespace`` is the test's own PostgreSQL schema or MariaDB database.
+    """
 
     name: str
     url: str
     engine_options: dict[str, t.Any] = dataclasses.field(default_factory=dict)
+    namespace: str = ""
 
     @property
     def is_postgres(self) -> bool:
-        return self.name == "postgresql"
+        """PostgreSQL, through asyncpg or psycopg."""
+        return self.name in ("postgresql", "psycopg")
+
+    @property
+    def is_mariadb(self) -> bool:
+        return self.name == "mariadb"
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.name.startswith("sqlite")
+
+    @property
+    def has_server(self) -> bool:
+        """A database server whose connections can be counted and killed."""
+        return not self.is_sqlite
 
     def bind(self, **options: t.Any) -> dict[str, t.Any]:
         """This database as a ``binds`` entry, with extra engine ``options``."""
         return {"url": self.url, **self.engine_options, **options}
 
+    def tagged(self, tag: str, **options: t.Any) -> dict[str, t.Any]:
+        """The engine options, plus ``options``, with connections that
+        :meth:`count_connections` and :meth:`kill_connections` find by ``tag``:
+        on PostgreSQL their application name; on MariaDB, which has none, every
+        connection to the test's own database counts as tagged."""
+        merged = copy.deepcopy(self.engine_options)
+        if self.name == "postgresql":
+            merged["connect_args"]["server_settings"]["application_name"] = tag
+        elif self.name == "psycopg":
+            merged["connect_args"]["application_name"] = tag
+        return {**merged, **options}
 
-BACKENDS = ["sqlite_memory", "sqlite_file", "postgresql"]
+    async def count_connections(self, tag: str, state: str = "any") -> int:
+        """Our open server connections (0 on SQLite) in ``state``: ``"any"``,
+        ``"active"`` (running a statement) or ``"idle in transaction"`` (in a
+        transaction, running nothing)."""
+        if self.is_postgres:
+            pattern = {"any": "%", "idle in transaction": "idle in transaction%"}
+            return await count_postgres_backends(
+                tag, pattern.get(state, state), self.url
+            )
+        if self.is_mariadb:
+            query = {
+                "any": "SELECT count(*) FROM information_schema.PROCESSLIST p "
+                "WHERE p.DB = %s",
+                "active": "SELECT count(*) FROM information_schema.PROCESSLIST p "
+                "WHERE p.DB = %s AND p.COMMAND = 'Query'",
+                "idle in transaction": "SELECT count(*) "
+                "FROM information_schema.INNODB_TRX t "
+                "JOIN information_schema.PROCESSLIST p "
+                "ON t.trx_mysql_thread_id = p.ID "
+                "WHERE p.DB = %s AND p.COMMAND = 'Sleep'",
+            }[state]
+            ((count,),) = await _on_mariadb(query, self.namespace)
+            return int(count)
+        return 0
+
+    async def kill_connections(self, tag: str) -> int:
+        """Kill our server connections, as a database restart would; how many."""
+        if self.is_postgres:
+            return await terminate_postgres_backends(tag, self.url)
+        if self.is_mariadb:
+            rows = await _on_mariadb(
+                "SELECT ID FROM information_schema.PROCESSLIST "
+                "WHERE DB = %s AND ID <> CONNECTION_ID()",
+                self.namespace,
+            )
+            for (thread_id,) in rows:
+                with contextlib.suppress(Exception):
+                    await _on_mariadb(f"KILL {int(thread_id)}")
+            return len(rows)
+        return 0
 
 
-async def _postgres_backend() -> AsyncIterator[Backend]:
-    require_postgres()
+BACKENDS = ["sqlite_memory", "sqlite_file", "postgresql", "psycopg", "mariadb"]
+SERVER_BACKENDS = ["postgresql", "psycopg", "mariadb"]
+HEAVY_BACKENDS = ["sqlite_file", *SERVER_BACKENDS]
+"""The backends of the slowest reliability cases: SQLite in memory uses the
+driver of the file (aiosqlite), so it is left out of those to bound the suite."""
+on_heavy_backends = pytest.mark.parametrize("backend", HEAVY_BACKENDS, indirect=True)
+"""Runs a slow reliability case on :data:`HEAVY_BACKENDS` only."""
+POSTGRES_BACKENDS = ["postgresql", "psycopg"]
+
+
+async def _postgres_backend(name: str) -> AsyncIterator[Backend]:
+    if name == "psycopg":
+        _require("PostgreSQL", psycopg_unavailable())
+    else:
+        require_postgres()
     import asyncpg
 
     schema = f"async_sa_test_{uuid.uuid4().hex[:12]}"
-    connection = await asyncpg.connect(asyncpg_dsn(POSTGRES_URL))
+    url = PSYCOPG_URL if name == "psycopg" else POSTGRES_URL
+    connection = await asyncpg.connect(asyncpg_dsn(url))
     try:
         await connection.execute(f'CREATE SCHEMA "{schema}"')
-        options = {"connect_args": {"server_settings": {"search_path": schema}}}
-        yield Backend("postgresql", POSTGRES_URL, options)
+        options: dict[str, t.Any]
+        if name == "psycopg":
+            options = {"connect_args": {"options": f"-csearch_path={schema}"}}
+        else:
+            options = {"connect_args": {"server_settings": {"search_path": schema}}}
+        yield Backend(name, url, options, schema)
     finally:
         await connection.execute(f'DROP SCHEMA "{schema}" CASCADE')
         await connection.close()
+
+
+async def _mariadb_backend() -> AsyncIterator[Backend]:
+    _require("MariaDB", mariadb_unavailable())
+    database = f"async_sa_test_{uuid.uuid4().hex[:12]}"
+    await _on_mariadb(f"CREATE DATABASE `{database}`")
+    try:
+        url = sa.make_url(MARIADB_URL).set(database=database)
+        yield Backend(
+            "mariadb", url.render_as_string(hide_password=False), {}, database
+        )
+    finally:
+        await _on_mariadb(f"DROP DATABASE `{database}`")
+
+
+async def open_backend(name: str, tmp_path: t.Any) -> AsyncIterator[Backend]:
+    """The backend called ``name`` (one of :data:`BACKENDS`), for one test."""
+    if name == "sqlite_memory":
+        yield Backend(name, "sqlite://")
+    elif name == "sqlite_file":
+        yield Backend(name, f"sqlite:///{tmp_path / 'test.db'}")
+    elif name == "mariadb":
+        async for backend in _mariadb_backend():
+            yield backend
+    else:
+        async for backend in _postgres_backend(name):
+            yield backend
 
 
 @pytest.fixture(params=BACKENDS)
 async def backend(
     request: pytest.FixtureRequest, tmp_path: t.Any
 ) -> AsyncIterator[Backend]:
-    """Each database a test runs on: in-memory SQLite, file SQLite, PostgreSQL."""
-    if request.param == "sqlite_memory":
-        yield Backend("sqlite_memory", "sqlite://")
-    elif request.param == "sqlite_file":
-        yield Backend("sqlite_file", f"sqlite:///{tmp_path / 'test.db'}")
-    else:
-        async for backend in _postgres_backend():
-            yield backend
+    """Each database a test runs on: SQLite in memory and in a file, PostgreSQL
+    through asyncpg and through psycopg, MariaDB."""
+    async for backend in open_backend(request.param, tmp_path):
+        yield backend
 
 
-@pytest.fixture
-async def postgres() -> AsyncIterator[Backend]:
-    """PostgreSQL alone, for tests that only make sense there."""
-    async for backend in _postgres_backend():
+@pytest.fixture(params=POSTGRES_BACKENDS)
+async def postgres(
+    request: pytest.FixtureRequest, tmp_path: t.Any
+) -> AsyncIterator[Backend]:
+    """PostgreSQL alone, through each driver, for tests that only make sense there."""
+    async for backend in open_backend(request.param, tmp_path):
+        yield backend
+
+
+@pytest.fixture(params=SERVER_BACKENDS)
+async def server(
+    request: pytest.FixtureRequest, tmp_path: t.Any
+) -> AsyncIterator[Backend]:
+    """Each database server (PostgreSQL through each driver, MariaDB), for tests
+    that count or kill server connections."""
+    async for backend in open_backend(request.param, tmp_path):
         yield backend
 
 

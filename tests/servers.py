@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import copy
 import socket
 import typing as t
 import uuid
@@ -19,9 +18,7 @@ import wsproto.events
 
 from async_sa import SQLAlchemy
 from async_sa.state import State
-from tests.conftest import asyncpg_dsn
 from tests.conftest import Backend
-from tests.conftest import POSTGRES_URL
 
 TIMEOUT = 10.0
 """Seconds any one step may take before the test fails instead of hanging."""
@@ -88,19 +85,18 @@ async def websocket_exchange(port: int, path: str, message: str) -> str:
 
 
 async def assert_nothing_left_open(
-    db: SQLAlchemy, state: State, application_name: str | None
+    db: SQLAlchemy, state: State, backend: Backend, tag: str
 ) -> None:
     """No session of ``db`` registered, no connection of ``state``'s engines
-    checked out, and (given the ``application_name`` of its PostgreSQL
-    connections) none of them idle in transaction."""
+    checked out, and none of its server connections (tagged ``tag``, see
+    :meth:`Backend.tagged`) idle in transaction."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + TIMEOUT
     while db.session.registry.registry or checked_out(state):
         assert loop.time() < deadline, "connections still checked out"
         await db.session.registry.wait_closed()
         await asyncio.sleep(0.01)
-    if application_name is not None:
-        assert await idle_in_transaction(application_name) == 0
+    assert await backend.count_connections(tag, "idle in transaction") == 0
 
 
 def checked_out(state: State) -> int:
@@ -111,28 +107,8 @@ def checked_out(state: State) -> int:
     )
 
 
-async def idle_in_transaction(application_name: str) -> int:
-    """PostgreSQL connections of ``application_name`` idle in transaction."""
-    import asyncpg
-
-    connection = await asyncpg.connect(asyncpg_dsn(POSTGRES_URL))
-    try:
-        count: int = await connection.fetchval(
-            "SELECT count(*) FROM pg_stat_activity "
-            "WHERE application_name = $1 AND state LIKE 'idle in transaction%'",
-            application_name,
-        )
-        return count
-    finally:
-        await connection.close()
-
-
-def named_engine_options(backend: Backend) -> tuple[dict[str, t.Any], str | None]:
-    """``backend``'s engine options, its PostgreSQL connections given a fresh
-    ``application_name`` to find them by (returned; ``None`` elsewhere)."""
-    options = copy.deepcopy(backend.engine_options)
-    if not backend.is_postgres:
-        return options, None
+def named_engine_options(backend: Backend) -> tuple[dict[str, t.Any], str]:
+    """``backend``'s engine options, its server connections tagged with a fresh
+    name to find them by (see :meth:`Backend.tagged`), and that name."""
     application_name = f"async_sa_{uuid.uuid4().hex[:12]}"
-    options["connect_args"]["server_settings"]["application_name"] = application_name
-    return options, application_name
+    return backend.tagged(application_name), application_name

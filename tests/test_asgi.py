@@ -57,7 +57,9 @@ class Served:
     async def assert_nothing_left_open(self) -> None:
         """No session registered, no connection checked out, none idle in tx."""
         state = self.db.state_for(None)
-        await assert_nothing_left_open(self.db, state, self.application_name)
+        await assert_nothing_left_open(
+            self.db, state, self.backend, self.application_name
+        )
 
 
 class ListHandler(logging.Handler):

@@ -2,12 +2,13 @@
 
 PostgreSQL aborts the whole transaction when a statement fails: a later
 ``COMMIT`` is answered with ``ROLLBACK``. ``commit()`` must raise then, and send
-no ``models_committed``. SQLite keeps the transaction, so it commits as usual.
+no ``models_committed``. SQLite and MariaDB keep the transaction, so they
+commit as usual.
 """
 
 from __future__ import annotations
 
-import importlib.util
+import asyncio
 import typing as t
 from collections.abc import Awaitable
 from collections.abc import Callable
@@ -88,28 +89,14 @@ async def setup(db: SQLAlchemy) -> type[t.Any]:
     return Item
 
 
-def postgres_drivers() -> list[t.Any]:
-    psycopg = importlib.util.find_spec("psycopg") is not None
-    return [
-        "asyncpg",
-        pytest.param(
-            "psycopg",
-            marks=pytest.mark.skipif(not psycopg, reason="psycopg is not installed"),
-        ),
-    ]
-
-
-@pytest.fixture(params=postgres_drivers())
-def pg_db(
-    request: pytest.FixtureRequest, postgres: Backend, new_db: NewDb
-) -> SQLAlchemy:
+@pytest.fixture
+def pg_db(postgres: Backend, new_db: NewDb) -> SQLAlchemy:
     """A tracking ``SQLAlchemy`` object on PostgreSQL, through each driver."""
-    url = sa.make_url(postgres.url).set(drivername=f"postgresql+{request.param}")
-    options = postgres.engine_options
-    if request.param == "psycopg":
-        search_path = options["connect_args"]["server_settings"]["search_path"]
-        options = {"connect_args": {"options": f"-csearch_path={search_path}"}}
-    return new_db(url=url, engine_options=options, track_modifications=True)
+    return new_db(
+        url=postgres.url,
+        engine_options=postgres.engine_options,
+        track_modifications=True,
+    )
 
 
 @FAILURES
@@ -180,12 +167,14 @@ async def test_rolled_back_savepoint_leaves_the_transaction_committable(
     assert committed == [[2, 3]]
 
 
-@pytest.mark.parametrize("backend", ["sqlite_memory", "sqlite_file"], indirect=True)
-async def test_sqlite_commits_after_a_caught_error(
+@pytest.mark.parametrize(
+    "backend", ["sqlite_memory", "sqlite_file", "mariadb"], indirect=True
+)
+async def test_sqlite_and_mariadb_commit_after_a_caught_error(
     make_db: MakeDb, committed: list[list[int]]
 ) -> None:
-    """SQLite keeps the transaction after a failed statement: the commit stores
-    the rest of the work, as it always did."""
+    """SQLite and MariaDB keep the transaction after a failed statement (only
+    the statement is undone): the commit stores the rest of the work."""
     db = make_db(track_modifications=True)
     Item = await setup(db)
     committed.clear()
@@ -232,3 +221,41 @@ async def test_only_commits_after_a_failed_statement_are_checked(
     await db.session.commit()
     assert len(checks) == 1
     assert await stored_ids(db, Item) == [1, 2, 3, 4, 5, 6]
+
+
+@pytest.mark.parametrize("backend", ["mariadb"], indirect=True)
+async def test_commit_after_a_caught_deadlock_raises_on_mariadb(
+    make_db: MakeDb, committed: list[list[int]]
+) -> None:
+    """MariaDB rolls the whole transaction back on a deadlock, and the next
+    statement starts a new one: the commit after the caught error raises
+    instead of storing only the work done after it."""
+    db = make_db(track_modifications=True)
+    Item = await setup(db)
+    async with db.sessionmaker.begin() as session:
+        session.add(Item(id=2))
+    committed.clear()
+    other = db.sessionmaker()
+    try:
+        # The victim has less to undo than the other transaction.
+        await db.session.execute(sa.update(Item).where(Item.id == 1).values(id=11))
+        other.add_all([Item(id=number) for number in (5, 6, 7)])
+        await other.flush()
+        await other.execute(sa.update(Item).where(Item.id == 2).values(id=12))
+        blocked = asyncio.create_task(
+            db.session.execute(sa.update(Item).where(Item.id == 2).values(id=22))
+        )
+        await asyncio.sleep(0.3)
+        await other.execute(sa.update(Item).where(Item.id == 1).values(id=21))
+        with pytest.raises(sa.exc.OperationalError, match="Deadlock"):
+            await blocked
+        await other.commit()
+    finally:
+        await other.close()
+    db.session.add(Item(id=3))
+    with pytest.raises(TransactionAbortedError) as info:
+        await db.session.commit()
+    assert "Deadlock" in str(info.value.__cause__)
+    await db.session.rollback()
+    assert await stored_ids(db, Item) == [5, 6, 7, 12, 21]
+    assert committed == [[5, 6, 7]]  # the other session's only

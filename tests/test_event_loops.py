@@ -20,18 +20,17 @@ from sqlalchemy.orm import mapped_column
 
 from async_sa import SQLAlchemy
 from tests.conftest import Backend
-from tests.conftest import count_postgres_backends
 from tests.conftest import MakeDb
 
 POOL_SIZE = 3
 SHORT_LOOPS = 20
 SHORT_LOOPS_AT_ONCE = 4
 LOOPS_KEPT_ALIVE_CHECK = 1_000
-LOOPS_KEPT_ALIVE_CHECK_POSTGRES = 200  # each opens a server connection
+LOOPS_KEPT_ALIVE_CHECK_SERVER = 200  # each opens a server connection
 
 
 class Connections:
-    """Counts the connections an engine opens and closes, and, on PostgreSQL,
+    """Counts the connections an engine opens and closes, and, on a server,
     its server backends (tagged with an application name of their own)."""
 
     def __init__(self, backend: Backend) -> None:
@@ -42,16 +41,8 @@ class Connections:
         self._lock = threading.Lock()
 
     def engine_options(self, **options: t.Any) -> dict[str, t.Any]:
-        """The backend's engine options, PostgreSQL's tagged, plus ``options``."""
-        merged = {**self.backend.engine_options, **options}
-        if self.backend.is_postgres:
-            connect_args = dict(merged.get("connect_args", {}))
-            connect_args["server_settings"] = {
-                **connect_args.get("server_settings", {}),
-                "application_name": self.application_name,
-            }
-            merged["connect_args"] = connect_args
-        return merged
+        """The backend's engine options, tagged, plus ``options``."""
+        return self.backend.tagged(self.application_name, **options)
 
     def watch(self, db: SQLAlchemy) -> None:
         sa.event.listen(db.engine.sync_engine, "connect", self._on_connect)
@@ -70,13 +61,11 @@ class Connections:
         return self.opened - self.closed
 
     async def backends(self) -> int:
-        """Our PostgreSQL backends now (0 elsewhere)."""
-        if not self.backend.is_postgres:
-            return 0
-        return await count_postgres_backends(self.application_name)
+        """Our server connections now (0 on SQLite)."""
+        return await self.backend.count_connections(self.application_name)
 
     async def wait_backends_gone(self) -> int:
-        """Our PostgreSQL backends once the server has ended the closed ones
+        """Our server connections once the server has ended the closed ones
         (it does so shortly after the client leaves): 0 unless some leaked."""
         deadline = time.monotonic() + 10
         while (left := await self.backends()) and time.monotonic() < deadline:
@@ -97,7 +86,7 @@ def test_asyncio_run_closes_connections_of_tasks_still_holding_sessions(
 ) -> None:
     """main() returns while 5 tasks hold sessions (asyncio.run cancels them):
     every connection is closed before the loop closes, none is left to the
-    garbage collector, and no PostgreSQL backend stays open."""
+    garbage collector, and no server connection stays open."""
     connections = Connections(backend)
     db = SQLAlchemy(url=backend.url, engine_options=connections.engine_options())
     connections.watch(db)
@@ -219,7 +208,7 @@ async def test_short_loops_in_threads_leave_a_long_running_loop_alone(
 
     class Item(db.Model):  # type: ignore[name-defined,misc]
         id: Mapped[int] = mapped_column(primary_key=True)
-        origin: Mapped[str]
+        origin: Mapped[str] = mapped_column(sa.String(20))
 
     await db.create_all()
     done = asyncio.Event()
@@ -286,8 +275,8 @@ def test_ended_event_loops_are_not_kept_alive(backend: Backend) -> None:
         assert await db.session.scalar(sa.text("SELECT 1")) == 1
 
     runs = LOOPS_KEPT_ALIVE_CHECK
-    if backend.is_postgres:
-        runs = LOOPS_KEPT_ALIVE_CHECK_POSTGRES
+    if backend.has_server:
+        runs = LOOPS_KEPT_ALIVE_CHECK_SERVER
     for _ in range(runs):
         asyncio.run(use())
     collect_without_resource_warnings()

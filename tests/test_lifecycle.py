@@ -23,8 +23,8 @@ from sqlalchemy.pool import StaticPool
 from async_sa import SQLAlchemy
 from async_sa.event_loops import LoopPool
 from tests.conftest import Backend
-from tests.conftest import count_postgres_backends
 from tests.conftest import MakeDb
+from tests.conftest import on_heavy_backends
 from tests.conftest import POSTGRES_URL
 from tests.conftest import require_postgres
 
@@ -37,6 +37,7 @@ def checked_out(db: SQLAlchemy) -> int:
 
 
 @pytest.mark.reliability
+@on_heavy_backends
 async def test_forgotten_sessions_are_closed_and_forgotten(make_db: MakeDb) -> None:
     """10,000 tasks that never close their session, on a pool of 5: no pool
     timeout, nothing checked out afterwards, and an empty registry."""
@@ -123,23 +124,15 @@ async def test_cancel_at_each_await_leaves_nothing_checked_out(
 
 
 async def test_thousand_cancelled_transactions_leave_no_trace(
-    postgres: Backend,
+    backend: Backend,
 ) -> None:
     """1,000 tasks each inserting a pair in one transaction, cancelled at random:
-    0 checked out, none of our backends idle in transaction, only whole pairs."""
+    0 checked out, none of our server connections idle in transaction, only
+    whole pairs."""
     application_name = f"async_sa_cancel_{uuid.uuid4().hex[:12]}"
     db = SQLAlchemy(
-        url=postgres.url,
-        engine_options={
-            "connect_args": {
-                "server_settings": {
-                    **postgres.engine_options["connect_args"]["server_settings"],
-                    "application_name": application_name,
-                }
-            },
-            "pool_size": 10,
-            "max_overflow": 0,
-        },
+        url=backend.url,
+        engine_options=backend.tagged(application_name, pool_size=10, max_overflow=0),
     )
 
     class Pair(db.Model):  # type: ignore[name-defined,misc]
@@ -165,7 +158,8 @@ async def test_thousand_cancelled_transactions_leave_no_trace(
         await db.session.registry.wait_closed()
         assert checked_out(db) == 0
         assert (
-            await count_postgres_backends(application_name, "idle in transaction%") == 0
+            await backend.count_connections(application_name, "idle in transaction")
+            == 0
         )
         per_pair = sa.select(Pair.pair, sa.func.count()).group_by(Pair.pair)
         async with db.sessionmaker() as session:

@@ -35,7 +35,7 @@ def two_bind_models(db: SQLAlchemy) -> None:
 def bound_db(make_db: MakeDb, backend: Backend) -> SQLAlchemy:
     """A db with a default engine and a bind 'a' on the same backend."""
     db = make_db(
-        binds={"a": backend.bind()} if backend.is_postgres else {"a": "sqlite://"}
+        binds={"a": backend.bind()} if backend.has_server else {"a": "sqlite://"}
     )
     two_bind_models(db)
     return db
@@ -95,7 +95,7 @@ async def test_reflect_loads_tables_of_every_bind(
     await bound_db.create_all()
     fresh = make_db(
         binds={"a": bound_db.engines["a"].url}
-        if not backend.is_postgres
+        if not backend.has_server
         else {"a": backend.bind()}
     )
     await fresh.reflect()

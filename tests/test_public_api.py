@@ -34,12 +34,15 @@ def test_package_ships_py_typed() -> None:
 SWITCH_TEST = "tests/test_routing.py::test_text_goes_to_default_unless_bind_key_given"
 
 
-def run_with_unreachable_postgres(require: bool) -> subprocess.CompletedProcess[str]:
+def run_with_unreachable_servers(require: bool) -> subprocess.CompletedProcess[str]:
     env = {
         **os.environ,
         "ASYNC_SA_TEST_POSTGRES_URL": "postgresql+asyncpg://nobody@127.0.0.1:1/none",
+        "ASYNC_SA_TEST_MARIADB_URL": "mysql+asyncmy://nobody@127.0.0.1:1/none",
         "ASYNC_SA_REQUIRE_POSTGRES": "1" if require else "0",
+        "ASYNC_SA_REQUIRE_MARIADB": "1" if require else "0",
     }
+    env.pop("ASYNC_SA_TEST_PSYCOPG_URL", None)
     return subprocess.run(
         [
             sys.executable,
@@ -60,14 +63,18 @@ def run_with_unreachable_postgres(require: bool) -> subprocess.CompletedProcess[
 
 
 @pytest.mark.parametrize("require", [False, True], ids=["skip", "require"])
-def test_postgres_cases_skip_with_reason_or_fail_when_required(require: bool) -> None:
-    """Without a server, PostgreSQL cases skip saying how to enable them; with
-    ASYNC_SA_REQUIRE_POSTGRES=1 they fail instead."""
-    result = run_with_unreachable_postgres(require)
+def test_server_cases_skip_with_reason_or_fail_when_required(require: bool) -> None:
+    """Without servers, the PostgreSQL (both drivers) and MariaDB cases skip
+    saying how to enable them; with ASYNC_SA_REQUIRE_POSTGRES=1 and
+    ASYNC_SA_REQUIRE_MARIADB=1 they fail instead."""
+    result = run_with_unreachable_servers(require)
     if require:
         assert result.returncode == 1, result.stdout
         assert "PostgreSQL is required" in result.stdout
+        assert "MariaDB is required" in result.stdout
     else:
         assert result.returncode == 0, result.stdout
         assert "set ASYNC_SA_TEST_POSTGRES_URL" in result.stdout
-        assert "2 passed, 1 skipped" in result.stdout
+        assert "set ASYNC_SA_TEST_PSYCOPG_URL" in result.stdout
+        assert "set ASYNC_SA_TEST_MARIADB_URL" in result.stdout
+        assert "2 passed, 3 skipped" in result.stdout

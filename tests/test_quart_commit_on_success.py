@@ -117,7 +117,8 @@ async def test_commit_after_a_caught_error_is_a_500_where_it_stores_nothing(
 ) -> None:
     """The view catches a failed statement and answers 201. PostgreSQL aborted
     the transaction: the commit would store nothing, so the client gets a 500
-    and no models_committed is sent. SQLite kept it: 201, stored, reported."""
+    and no models_committed is sent. SQLite and MariaDB kept it: 201, stored,
+    reported."""
     sent: list[Changes] = []
 
     def record(sender: t.Any, changes: Changes) -> None:

@@ -6,7 +6,6 @@ bounded so the whole file takes seconds.
 from __future__ import annotations
 
 import asyncio
-import copy
 import random
 import typing as t
 import uuid
@@ -25,8 +24,7 @@ from examples.notes_app import create_app
 from examples.notes_app import db as notes_db
 from examples.notes_app import Note
 from tests.conftest import Backend
-from tests.conftest import count_postgres_backends
-from tests.conftest import terminate_postgres_backends
+from tests.conftest import on_heavy_backends
 from tests.servers import serving
 
 pytestmark = pytest.mark.reliability
@@ -35,18 +33,6 @@ DISCONNECTING_CLIENTS = 500
 NORMAL_REQUESTS = 100
 PRESSURE_REQUESTS = 200
 SETTLE_SECONDS = 15.0
-
-
-def engine_options(
-    backend: Backend, application_name: str, **extra: t.Any
-) -> dict[str, t.Any]:
-    """The backend's engine options, naming our PostgreSQL backends."""
-    options = copy.deepcopy(backend.engine_options)
-    if backend.is_postgres:
-        options["connect_args"]["server_settings"]["application_name"] = (
-            application_name
-        )
-    return {**options, **extra}
 
 
 def checked_out(app: quart.Quart) -> int:
@@ -66,6 +52,8 @@ def slow_query(backend: Backend, seconds: float) -> sa.TextClause:
     """A query that keeps the database busy for about ``seconds``."""
     if backend.is_postgres:
         return sa.text(f"SELECT pg_sleep({seconds})")
+    if backend.is_mariadb:
+        return sa.text(f"SELECT SLEEP({seconds})")
     rows = int(seconds * 2_000_000)
     return sa.text(
         "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c "
@@ -82,14 +70,14 @@ async def notes_app(
     app = create_app(
         {
             "SQLALCHEMY_DATABASE_URI": backend.url,
-            "SQLALCHEMY_ENGINE_OPTIONS": engine_options(backend, application_name),
+            "SQLALCHEMY_ENGINE_OPTIONS": backend.tagged(application_name),
         },
         instance_path=str(tmp_path),
     )
 
     @app.get("/slow")
     async def slow() -> dict[str, str]:
-        if backend.is_postgres:
+        if backend.has_server:
             notes_db.session.add(Note(text="slow"))
             await notes_db.session.flush()
             await notes_db.session.execute(slow_query(backend, 0.1))
@@ -112,6 +100,7 @@ async def disconnect_mid_request(port: int, delay: float) -> None:
     await writer.wait_closed()
 
 
+@on_heavy_backends
 async def test_disconnect_storm_loses_nothing_and_leaks_nothing(
     notes_app: tuple[quart.Quart, str], backend: Backend
 ) -> None:
@@ -144,11 +133,10 @@ async def test_disconnect_storm_loses_nothing_and_leaks_nothing(
             await settled(app)
             listing = await client.get("/notes", params={"per_page": 100})
             assert listing.status_code == 200
-        if backend.is_postgres:
-            assert (
-                await count_postgres_backends(application_name, "idle in transaction%")
-                == 0
-            )
+        assert (
+            await backend.count_connections(application_name, "idle in transaction")
+            == 0
+        )
         async with app.app_context():
             texts = (await notes_db.session.scalars(sa.select(Note.text))).all()
     # A client that hung up only after its handler had finished got its note
@@ -166,8 +154,7 @@ async def pressure_app(
     app = quart.Quart("pressure", instance_path=str(tmp_path))
     app.config.update(
         SQLALCHEMY_DATABASE_URI=backend.url,
-        SQLALCHEMY_ENGINE_OPTIONS=engine_options(
-            backend,
+        SQLALCHEMY_ENGINE_OPTIONS=backend.tagged(
             f"async_sa_pressure_{uuid.uuid4().hex[:12]}",
             pool_size=5,
             max_overflow=0,
@@ -199,6 +186,7 @@ async def pressure_app(
     await db.dispose()
 
 
+@on_heavy_backends
 async def test_pool_pressure_with_children_and_background_tasks(
     pressure_app: tuple[quart.Quart, SQLAlchemy],
 ) -> None:
@@ -232,17 +220,17 @@ async def test_pool_pressure_with_children_and_background_tasks(
 
 
 async def test_database_restart_fails_in_flight_requests_then_recovers(
-    postgres: Backend, tmp_path: Path
+    server: Backend, tmp_path: Path
 ) -> None:
-    """Our PostgreSQL connections are killed while requests are in flight: those
+    """Our server connections are killed while requests are in flight: those
     answer 500 without hanging, and with pool_pre_ping (which the idle pooled
     connections of the audit bind need too) every request after them succeeds."""
     application_name = f"async_sa_{uuid.uuid4().hex[:12]}"
     app = create_app(
         {
-            "SQLALCHEMY_DATABASE_URI": postgres.url,
-            "SQLALCHEMY_ENGINE_OPTIONS": engine_options(
-                postgres, application_name, pool_pre_ping=True
+            "SQLALCHEMY_DATABASE_URI": server.url,
+            "SQLALCHEMY_ENGINE_OPTIONS": server.tagged(
+                application_name, pool_pre_ping=True
             ),
         },
         instance_path=str(tmp_path),
@@ -250,17 +238,17 @@ async def test_database_restart_fails_in_flight_requests_then_recovers(
 
     @app.get("/sleep")
     async def sleep() -> dict[str, str]:
-        await notes_db.session.execute(sa.text("SELECT pg_sleep(2)"))
+        await notes_db.session.execute(slow_query(server, 2))
         return {"slept": "yes"}
 
-    async with serving(app) as server:
-        async with httpx.AsyncClient(base_url=server.url, timeout=30) as client:
+    async with serving(app) as served:
+        async with httpx.AsyncClient(base_url=served.url, timeout=30) as client:
             in_flight = [asyncio.create_task(client.get("/sleep")) for _ in range(10)]
             deadline = asyncio.get_running_loop().time() + 10
-            while await count_postgres_backends(application_name, "active") < 10:
+            while await server.count_connections(application_name, "active") < 10:
                 assert asyncio.get_running_loop().time() < deadline
                 await asyncio.sleep(0.05)
-            assert await terminate_postgres_backends(application_name) >= 10
+            assert await server.kill_connections(application_name) >= 10
             failed = await asyncio.wait_for(asyncio.gather(*in_flight), 20)
             assert [r.status_code for r in failed] == [500] * 10
             later = await asyncio.wait_for(

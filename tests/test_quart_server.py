@@ -130,7 +130,9 @@ class NotesApp:
 
     async def assert_nothing_left_open(self) -> None:
         """No session registered, no connection checked out, none idle in tx."""
-        await assert_nothing_left_open(self.db, self.state, self.application_name)
+        await assert_nothing_left_open(
+            self.db, self.state, self.backend, self.application_name
+        )
 
 
 @pytest.fixture

@@ -23,6 +23,7 @@ from async_sa import SQLAlchemy
 from async_sa import UnknownBindKeyError
 from tests.conftest import Backend
 from tests.conftest import MakeDb
+from tests.conftest import on_heavy_backends
 
 
 class Models(t.NamedTuple):
@@ -237,6 +238,7 @@ async def test_routing_holds_under_concurrent_tasks(
     assert await rows_in(db, "remote", "remote") == 30
 
 
+@on_heavy_backends
 async def test_ad_hoc_tables_are_routed_and_not_kept(
     routed: tuple[SQLAlchemy, Models],
 ) -> None:

@@ -4,7 +4,6 @@ awaited, and a session is not closed under a task still awaiting it."""
 from __future__ import annotations
 
 import asyncio
-import copy
 import inspect
 import sys
 import typing as t
@@ -20,9 +19,7 @@ import async_sa
 from async_sa import signals
 from async_sa import SQLAlchemy
 from tests.conftest import Backend
-from tests.conftest import count_postgres_backends
 from tests.conftest import MakeDb
-from tests.conftest import terminate_postgres_backends
 from tests.test_session import count
 from tests.test_session import todo_model
 
@@ -221,14 +218,11 @@ async def test_every_awaitable_proxy_method_finds_the_session_when_called(
 
 def named_backend(backend: Backend) -> tuple[dict[str, t.Any], str]:
     """The backend's engine options, with a pool of 10 connections that fails
-    fast when exhausted and our own PostgreSQL application name, and that name."""
+    fast when exhausted, tagged with a name of their own, and that name."""
     application_name = f"async_sa_{uuid.uuid4().hex[:12]}"
-    options = copy.deepcopy(backend.engine_options)
-    if backend.is_postgres:
-        options["connect_args"]["server_settings"]["application_name"] = (
-            application_name
-        )
-    options.update(pool_size=10, max_overflow=0, pool_timeout=10)
+    options = backend.tagged(
+        application_name, pool_size=10, max_overflow=0, pool_timeout=10
+    )
     return options, application_name
 
 
@@ -262,17 +256,14 @@ async def test_shielded_commits_outlive_their_cancelled_owners(
         await asyncio.wait_for(db.session.registry.wait_closed(), SETTLE_SECONDS)
         stored = await count(db, Todo)
         checked_out = db.engine.pool.checkedout()  # type: ignore[attr-defined]
-        idle_in_transaction = (
-            await count_postgres_backends(application_name, "idle in trans%")
-            if backend.is_postgres
-            else 0
+        idle_in_transaction = await backend.count_connections(
+            application_name, "idle in transaction"
         )
         assert (stored, checked_out, idle_in_transaction) == (OWNERS, 0, 0)
         assert caplog.records == []
     finally:
-        if backend.is_postgres:
-            # Ours only, by name: a lost session's connection holds locks.
-            await terminate_postgres_backends(application_name)
+        # Ours only, by name: a lost session's connection holds locks.
+        await backend.kill_connections(application_name)
 
 
 async def test_remove_waits_for_another_tasks_commit(db: SQLAlchemy) -> None:
