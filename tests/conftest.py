@@ -308,11 +308,11 @@ async def count_postgres_backends(
     """Our backends in ``pg_stat_activity``, by application name and state
     (a LIKE pattern, e.g. ``"idle in transaction%"``)."""
     return await _on_postgres(
-        url,
         "SELECT count(*) FROM pg_stat_activity "
         "WHERE application_name = $1 AND state LIKE $2",
         application_name,
         state,
+        url=url,
     )
 
 
@@ -321,14 +321,14 @@ async def terminate_postgres_backends(
 ) -> int:
     """Kill our backends, as a database restart would; returns how many."""
     return await _on_postgres(
-        url,
         "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
         "WHERE application_name = $1",
         application_name,
+        url=url,
     )
 
 
-async def _on_postgres(url: str, query: str, *arguments: object) -> int:
+async def _on_postgres(query: str, *arguments: object, url: str = POSTGRES_URL) -> int:
     import asyncpg
 
     connection = await asyncpg.connect(asyncpg_dsn(url))
