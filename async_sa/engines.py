@@ -17,6 +17,7 @@ from sqlalchemy.pool import AsyncAdaptedQueuePool
 
 from async_sa import event_loops
 from async_sa import pgbouncer
+from async_sa import psycopg_terminate
 from async_sa import sqlite
 
 BindKey = str | None
@@ -217,4 +218,6 @@ def create_engine(options: Mapping[str, t.Any]) -> sa_async.AsyncEngine:
     if url.query.get("vfs") == "memdb":
         sqlite.keep_memory_database_alive(engine, url)
     event_loops.keep_connections_in_their_loop(engine)
+    if url.get_driver_name() == "psycopg":
+        psycopg_terminate.install(engine)
     return engine

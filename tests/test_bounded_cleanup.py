@@ -58,21 +58,24 @@ def application_name() -> str:
     return f"async_sa_bounded_{uuid.uuid4().hex[:8]}"
 
 
-@pytest.fixture
+@pytest.fixture(params=["asyncpg", "psycopg"])
 def cluster_db(
-    pg_cluster: PgCluster, new_db: NewDb, application_name: str
+    request: pytest.FixtureRequest,
+    pg_cluster: PgCluster,
+    new_db: NewDb,
+    application_name: str,
 ) -> t.Callable[..., SQLAlchemy]:
-    """Build a ``SQLAlchemy`` on the cluster (``close_timeout`` 1 s unless given);
-    its backends carry ``application_name``."""
+    """Build a ``SQLAlchemy`` on the cluster through each PostgreSQL driver
+    (``close_timeout`` 1 s unless given); its backends carry
+    ``application_name``."""
+    url = sa.make_url(pg_cluster.url).set(drivername=f"postgresql+{request.param}")
+    connect_args: dict[str, t.Any] = {"application_name": application_name}
+    if request.param == "asyncpg":
+        connect_args = {"server_settings": connect_args}
 
     def make(**kwargs: t.Any) -> SQLAlchemy:
         kwargs.setdefault("close_timeout", CLOSE_TIMEOUT)
-        settings = {"application_name": application_name}
-        return new_db(
-            url=pg_cluster.url,
-            engine_options={"connect_args": {"server_settings": settings}},
-            **kwargs,
-        )
+        return new_db(url=url, engine_options={"connect_args": connect_args}, **kwargs)
 
     return make
 
@@ -230,7 +233,8 @@ async def test_every_bind_of_the_session_is_given_back(
 ) -> None:
     """A session holding connections of two binds gives both back: SQLAlchemy
     stops closing at the first one that fails, the rest are invalidated."""
-    db = cluster_db(binds={"other": pg_cluster.url})
+    db = cluster_db()
+    db = cluster_db(binds={"other": db.engine.url})
     await db.session.execute(sa.text("SELECT 1"))
     await db.session.execute(sa.text("SELECT 2"), bind_arguments={"bind_key": "other"})
     assert checked_out(db) == 2
