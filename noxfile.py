@@ -128,7 +128,7 @@ def tests_oldest(session: nox.Session) -> None:
         f"quart=={OLDEST_QUART}.*",
         "aiosqlite==0.22.1",
         "asyncpg==0.32.0",
-        "psycopg[binary]==3.2.0",
+        "psycopg[binary]==3.2.1",
         "asyncmy==0.2.13",
         "blinker==1.7.*",
     )
