@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import importlib
+import importlib.util
 import os
 import shutil
 import tempfile
@@ -23,6 +23,7 @@ from collections.abc import AsyncIterator
 
 import sqlalchemy as sa
 import sqlalchemy.ext.asyncio as sa_async
+from sqlalchemy.pool import NullPool
 
 POSTGRES_URL = os.environ.get(
     "ASYNC_SA_BENCH_POSTGRES_URL",
@@ -97,38 +98,36 @@ async def unavailable(name: str) -> str | None:
     """Why the database ``name`` cannot be used, or ``None`` when it answers."""
     if name == "sqlite":
         return None
-    module = {"postgresql": "asyncpg", "psycopg": "psycopg", "mariadb": "asyncmy"}
+    url = _server_url(name)
+    driver = url.get_driver_name()
+    if importlib.util.find_spec(driver) is None:
+        return f"{driver} is not installed"
     try:
-        importlib.import_module(module[name])
-    except ImportError:
-        return f"{module[name]} is not installed"
-    url = MARIADB_URL if name == "mariadb" else POSTGRES_URL
-    try:
-        if name == "mariadb":
-            connection = await _mariadb_connect()
-            connection.close()
-        else:
-            import asyncpg
-
-            await (await asyncpg.connect(asyncpg_dsn(url), timeout=3)).close()
+        await _run_outside_transactions(url)
     except Exception as error:
-        shown = sa.make_url(url).render_as_string(hide_password=True)
+        shown = url.render_as_string(hide_password=True)
         return f"no server answers at {shown} ({type(error).__name__})"
     return None
 
 
-async def _mariadb_connect() -> t.Any:
-    import asyncmy
+def _server_url(name: str) -> sa.URL:
+    if name == "mariadb":
+        return sa.make_url(MARIADB_URL)
+    driver = "psycopg" if name == "psycopg" else "asyncpg"
+    return sa.make_url(POSTGRES_URL).set(drivername=f"postgresql+{driver}")
 
-    url = sa.make_url(MARIADB_URL)
-    return await asyncmy.connect(
-        host=url.host or "127.0.0.1",
-        port=url.port or 3306,
-        user=url.username or "root",
-        password=url.password or "",
-        autocommit=True,
-        connect_timeout=3,
+
+async def _run_outside_transactions(url: sa.URL, *statements: str) -> None:
+    """Connect to ``url`` and run ``statements``, each committed on its own."""
+    engine = sa_async.create_async_engine(
+        url, poolclass=NullPool, isolation_level="AUTOCOMMIT"
     )
+    try:
+        async with engine.connect() as connection:
+            for statement in statements:
+                await connection.execute(sa.text(statement))
+    finally:
+        await engine.dispose()
 
 
 @contextlib.asynccontextmanager
@@ -151,16 +150,18 @@ async def open_backend(name: str, tag: str) -> AsyncIterator[Backend]:
         return
     if name == "mariadb":
         database = f"async_sa_bench_{tag}_{suffix}"
-        connection = await _mariadb_connect()
+        url = _server_url(name)
+        await _run_outside_transactions(url, f"CREATE DATABASE `{database}`")
         try:
-            async with connection.cursor() as cursor:
-                await cursor.execute(f"CREATE DATABASE `{database}`")
-            url = sa.make_url(MARIADB_URL).set(database=database)
-            yield Backend("mariadb", url.render_as_string(hide_password=False), {})
+            yield Backend(
+                name,
+                url.set(database=database).render_as_string(hide_password=False),
+                {},
+            )
         finally:
-            async with connection.cursor() as cursor:
-                await cursor.execute(f"DROP DATABASE IF EXISTS `{database}`")
-            connection.close()
+            await _run_outside_transactions(
+                url, f"DROP DATABASE IF EXISTS `{database}`"
+            )
         return
     import asyncpg
 
@@ -168,8 +169,7 @@ async def open_backend(name: str, tag: str) -> AsyncIterator[Backend]:
     connection = await asyncpg.connect(asyncpg_dsn(POSTGRES_URL))
     try:
         await connection.execute(f'CREATE SCHEMA "{schema}"')
-        driver = "psycopg" if name == "psycopg" else "asyncpg"
-        async_url = sa.make_url(POSTGRES_URL).set(drivername=f"postgresql+{driver}")
+        async_url = _server_url(name)
         if name == "psycopg":
             connect_args: dict[str, t.Any] = {
                 "options": f"-csearch_path={schema} -csynchronous_commit=off"

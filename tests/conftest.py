@@ -43,8 +43,11 @@ from collections.abc import Iterator
 import hypothesis
 import pytest
 import sqlalchemy as sa
+import sqlalchemy.ext.asyncio as sa_async
+from sqlalchemy.pool import NullPool
 
 from async_sa import SQLAlchemy
+from async_sa.engines import DRIVER_EXTRAS
 
 collect_ignore_glob = [] if importlib.util.find_spec("quart") else ["*quart*"]
 
@@ -220,7 +223,26 @@ def _probe(connect: Callable[[], t.Awaitable[None]]) -> BaseException | None:
     return None
 
 
-def _unanswered(what: str, url: str, variable: str, error: BaseException) -> str:
+@functools.cache
+def server_unavailable(what: str, url: str, variable: str) -> str | None:
+    """Why the ``what`` server at ``url`` (read from the environment variable
+    ``variable``) cannot be used through the URL's driver, or ``None``."""
+    driver = sa.make_url(url).get_driver_name()
+    if importlib.util.find_spec(driver) is None:
+        extra = DRIVER_EXTRAS.get(driver, driver)
+        return f"{driver} is not installed (pip install 'async_sa[{extra}]')"
+
+    async def connect() -> None:
+        engine = sa_async.create_async_engine(url, poolclass=NullPool)
+        try:
+            async with engine.connect():
+                pass
+        finally:
+            await engine.dispose()
+
+    error = _probe(connect)
+    if error is None:
+        return None
     shown = sa.make_url(url).render_as_string(hide_password=True)
     return (
         f"no {what} server answers at {shown} ({type(error).__name__}); "
@@ -229,60 +251,9 @@ def _unanswered(what: str, url: str, variable: str, error: BaseException) -> str
     )
 
 
-@functools.cache
 def postgres_unavailable() -> str | None:
     """Why PostgreSQL (through asyncpg) cannot be used here, or ``None``."""
-    try:
-        import asyncpg
-    except ImportError:
-        return "asyncpg is not installed (pip install 'async_sa[postgresql]')"
-
-    async def connect() -> None:
-        connection = await asyncpg.connect(asyncpg_dsn(POSTGRES_URL), timeout=3)
-        await connection.close()
-
-    error = _probe(connect)
-    if error is None:
-        return None
-    return _unanswered("PostgreSQL", POSTGRES_URL, "ASYNC_SA_TEST_POSTGRES_URL", error)
-
-
-@functools.cache
-def psycopg_unavailable() -> str | None:
-    """Why PostgreSQL through psycopg cannot be used here, or ``None``."""
-    try:
-        import psycopg
-    except ImportError:
-        return "psycopg is not installed (pip install 'async_sa[psycopg]')"
-
-    async def connect() -> None:
-        connection = await psycopg.AsyncConnection.connect(
-            asyncpg_dsn(PSYCOPG_URL), connect_timeout=3
-        )
-        await connection.close()
-
-    error = _probe(connect)
-    if error is None:
-        return None
-    return _unanswered("PostgreSQL", PSYCOPG_URL, "ASYNC_SA_TEST_PSYCOPG_URL", error)
-
-
-@functools.cache
-def mariadb_unavailable() -> str | None:
-    """Why MariaDB (through asyncmy) cannot be used here, or ``None``."""
-    try:
-        import asyncmy  # noqa: F401
-    except ImportError:
-        return "asyncmy is not installed (pip install 'async_sa[mysql]')"
-
-    async def connect() -> None:
-        connection = await _mariadb_connect(MARIADB_URL)
-        connection.close()
-
-    error = _probe(connect)
-    if error is None:
-        return None
-    return _unanswered("MariaDB", MARIADB_URL, "ASYNC_SA_TEST_MARIADB_URL", error)
+    return server_unavailable("PostgreSQL", POSTGRES_URL, "ASYNC_SA_TEST_POSTGRES_URL")
 
 
 def require_postgres() -> None:
@@ -292,7 +263,10 @@ def require_postgres() -> None:
 
 def require_mariadb() -> None:
     """Skip (or, when required, fail) the current test without MariaDB."""
-    _require("MariaDB", mariadb_unavailable())
+    _require(
+        "MariaDB",
+        server_unavailable("MariaDB", MARIADB_URL, "ASYNC_SA_TEST_MARIADB_URL"),
+    )
 
 
 def _require(what: str, reason: str | None) -> None:
@@ -464,7 +438,10 @@ POSTGRES_BACKENDS = ["postgresql", "psycopg"]
 
 async def _postgres_backend(name: str) -> AsyncIterator[Backend]:
     if name == "psycopg":
-        _require("PostgreSQL", psycopg_unavailable())
+        _require(
+            "PostgreSQL",
+            server_unavailable("PostgreSQL", PSYCOPG_URL, "ASYNC_SA_TEST_PSYCOPG_URL"),
+        )
     else:
         require_postgres()
     import asyncpg
@@ -486,7 +463,7 @@ async def _postgres_backend(name: str) -> AsyncIterator[Backend]:
 
 
 async def _mariadb_backend() -> AsyncIterator[Backend]:
-    _require("MariaDB", mariadb_unavailable())
+    require_mariadb()
     database = f"async_sa_test_{uuid.uuid4().hex[:12]}"
     await _on_mariadb(f"CREATE DATABASE `{database}`")
     try:
@@ -512,33 +489,36 @@ async def open_backend(name: str, tmp_path: t.Any) -> AsyncIterator[Backend]:
             yield backend
 
 
-@pytest.fixture(params=BACKENDS)
-async def backend(
-    request: pytest.FixtureRequest, tmp_path: t.Any
-) -> AsyncIterator[Backend]:
+def _backends_fixture(name: str, names: list[str], doc: str) -> t.Any:
+    """A fixture called ``name``, run once per backend of ``names``."""
+
+    async def fixture(
+        request: pytest.FixtureRequest, tmp_path: t.Any
+    ) -> AsyncIterator[Backend]:
+        async for backend in open_backend(request.param, tmp_path):
+            yield backend
+
+    fixture.__doc__ = doc
+    return pytest.fixture(params=names, name=name)(fixture)
+
+
+backend = _backends_fixture(
+    "backend",
+    BACKENDS,
     """Each database a test runs on: SQLite in memory and in a file, PostgreSQL
-    through asyncpg and through psycopg, MariaDB."""
-    async for backend in open_backend(request.param, tmp_path):
-        yield backend
-
-
-@pytest.fixture(params=POSTGRES_BACKENDS)
-async def postgres(
-    request: pytest.FixtureRequest, tmp_path: t.Any
-) -> AsyncIterator[Backend]:
-    """PostgreSQL alone, through each driver, for tests that only make sense there."""
-    async for backend in open_backend(request.param, tmp_path):
-        yield backend
-
-
-@pytest.fixture(params=SERVER_BACKENDS)
-async def server(
-    request: pytest.FixtureRequest, tmp_path: t.Any
-) -> AsyncIterator[Backend]:
+    through asyncpg and through psycopg, MariaDB.""",
+)
+postgres = _backends_fixture(
+    "postgres",
+    POSTGRES_BACKENDS,
+    "PostgreSQL alone, through each driver, for tests that only make sense there.",
+)
+server = _backends_fixture(
+    "server",
+    SERVER_BACKENDS,
     """Each database server (PostgreSQL through each driver, MariaDB), for tests
-    that count or kill server connections."""
-    async for backend in open_backend(request.param, tmp_path):
-        yield backend
+    that count or kill server connections.""",
+)
 
 
 MakeDb = Callable[..., SQLAlchemy]
