@@ -59,8 +59,9 @@ MAIN_PYTHON = "3.11"
 OLDEST_SQLALCHEMY = "2.0.55"
 OLDEST_QUART = "0.19"
 # The tests every configuration besides the main one runs: the event-loop
-# lifecycle, cancellation and cleanup, the Quart extension and the fault tests,
-# where a runtime difference shows first.
+# lifecycle, cancellation and cleanup, the Quart extension, the fault tests and
+# the async shell (threads, signals, the REPL), where a runtime difference
+# shows first.
 RUNTIME_TESTS = [
     "tests/test_runtime.py",
     "tests/test_lifecycle.py",
@@ -71,6 +72,8 @@ RUNTIME_TESTS = [
     "tests/test_quart_server.py",
     "tests/test_quart_views.py",
     "tests/test_quart_example.py",
+    "tests/test_shell.py",
+    "tests/test_quart_shell.py",
 ]
 
 
