@@ -2,18 +2,18 @@
 
 The models live in ``models.py`` in the project's directory: a default bind
 (``Note``) and a ``users`` bind (``User``). On PostgreSQL each bind is a schema
-of its own, made for the test and dropped after it (``search_path``), so each
-keeps its own ``alembic_version`` as separate databases would.
+of its own (``search_path``), on MariaDB a database of its own, made for the
+test and dropped after it, so each keeps its own ``alembic_version``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import subprocess
 import sys
 import typing as t
-import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -22,10 +22,8 @@ import sqlalchemy as sa
 
 from async_sa import SQLAlchemy
 from async_sa.migrations import init
-from tests.conftest import asyncpg_dsn
-from tests.conftest import count_postgres_backends
-from tests.conftest import POSTGRES_URL
-from tests.conftest import require_postgres
+from tests.conftest import Backend
+from tests.conftest import open_backend
 
 MODELS = """\
 import sqlalchemy as sa
@@ -62,6 +60,8 @@ class Project:
     backend: str
     standalone: bool = True
     """The models' ``db`` has the binds; else it waits for ``init_app``."""
+    servers: dict[str | None, Backend] = dataclasses.field(default_factory=dict)
+    """Bind key → its schema or database on the server (none on SQLite)."""
 
     def write_models(
         self,
@@ -157,14 +157,11 @@ class Project:
         finally:
             await db.dispose()
 
-    async def postgres_connections(self) -> int:
-        """How many connections the binds have open on PostgreSQL now (each
-        bind's connections carry its schema's name as application name)."""
-        assert self.backend == "postgresql"
+    async def connections(self) -> int:
+        """How many connections the binds have open on their server now."""
         total = 0
-        for bind in self.binds.values():
-            settings = bind["connect_args"]["server_settings"]
-            total += await count_postgres_backends(settings["application_name"])
+        for server in self.servers.values():
+            total += await server.count_connections(server.namespace)
         return total
 
 
@@ -204,32 +201,24 @@ def project_fixture(
 
 
 async def make_project(backend: str, path: Path) -> AsyncIterator[Project]:
-    """A project on ``backend`` (``sqlite_file`` or ``postgresql``) in ``path``."""
+    """A project on ``backend`` (``sqlite_file``, or a server backend of
+    :func:`tests.conftest.open_backend`: a schema or database per bind) in
+    ``path``."""
     if backend == "sqlite_file":
         yield sqlite_project_at(path)
         return
-    require_postgres()
-    import asyncpg
-
-    binds: dict[str | None, dict[str, t.Any]]
-    schemas = {key: f"async_sa_mig_{uuid.uuid4().hex[:12]}" for key in (None, "users")}
-    binds = {
-        key: {
-            "url": POSTGRES_URL,
-            "connect_args": {
-                "server_settings": {"search_path": schema, "application_name": schema}
-            },
+    async with contextlib.AsyncExitStack() as stack:
+        servers = {
+            key: await stack.enter_async_context(open_database(backend, path))
+            for key in (None, "users")
         }
-        for key, schema in schemas.items()
-    }
-    connection = await asyncpg.connect(asyncpg_dsn(POSTGRES_URL))
-    try:
-        for schema in schemas.values():
-            await connection.execute(f'CREATE SCHEMA "{schema}"')
-        project = Project(path, binds, backend)
+        binds = {
+            key: {"url": server.url, **server.tagged(server.namespace)}
+            for key, server in servers.items()
+        }
+        project = Project(path, binds, backend, servers=servers)
         project.write_models()
         yield project
-    finally:
-        for schema in schemas.values():
-            await connection.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
-        await connection.close()
+
+
+open_database = contextlib.asynccontextmanager(open_backend)

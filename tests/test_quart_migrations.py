@@ -39,7 +39,7 @@ def with_app(project: Project) -> Project:
     return project
 
 
-project = project_fixture("sqlite_file", "postgresql", prepare=with_app)
+project = project_fixture("sqlite_file", "postgresql", "mariadb", prepare=with_app)
 sqlite_project = project_fixture("sqlite_file", prepare=with_app)
 
 

@@ -19,7 +19,7 @@ from tests.migration_project import Project
 from tests.migration_project import project_fixture
 from tests.test_quart_migrations import with_app
 
-project = project_fixture("sqlite_file", "postgresql", prepare=with_app)
+project = project_fixture("sqlite_file", "postgresql", "mariadb", prepare=with_app)
 
 STATEMENTS = """\
 from quart import current_app
