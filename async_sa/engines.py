@@ -17,6 +17,7 @@ from sqlalchemy.pool import AsyncAdaptedQueuePool
 
 from async_sa import event_loops
 from async_sa import pgbouncer
+from async_sa import psycopg_open
 from async_sa import psycopg_terminate
 from async_sa import sqlite
 
@@ -198,6 +199,13 @@ def create_engine(options: Mapping[str, t.Any]) -> sa_async.AsyncEngine:
     """
     options = dict(options)
     url: sa.URL = options.pop("url")
+    if url.get_driver_name() == "psycopg" and "async_creator_fn" not in options.get(
+        "connect_args", {}
+    ):
+        options["connect_args"] = {
+            **options.get("connect_args", {}),
+            "async_creator_fn": psycopg_open.open_psycopg,
+        }
     if "pool" not in options:
         poolclass = options.get("poolclass")
         dialect = url.get_dialect(_is_async=True)

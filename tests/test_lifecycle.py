@@ -172,6 +172,42 @@ async def test_thousand_cancelled_transactions_leave_no_trace(
         await db.dispose()
 
 
+async def test_cancelled_connects_leave_no_server_connection(
+    backend: Backend,
+) -> None:
+    """Connects cancelled at random, the cancelled tasks kept: none of their
+    server connections stays open (psycopg kept a half-open one alive as long
+    as its CancelledError, filling max_connections under cancellation storms)."""
+    if not backend.is_postgres:
+        pytest.skip("counts PostgreSQL server connections")
+    application_name = f"async_sa_open_{uuid.uuid4().hex[:12]}"
+    db = SQLAlchemy(
+        url=backend.url,
+        engine_options=backend.tagged(application_name, poolclass=NullPool),
+    )
+
+    async def connect() -> None:
+        async with db.engine.connect() as connection:
+            await connection.execute(sa.text("SELECT 1"))
+
+    rng = random.Random(1234)
+    tasks: list[asyncio.Task[None]] = []
+    try:
+        for _ in range(80):
+            tasks.append(asyncio.create_task(connect()))
+            await asyncio.sleep(rng.random() * 0.004)
+            tasks[-1].cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        assert any(task.cancelled() for task in tasks)
+        for _ in range(100):  # the server ends a closed connection's backend soon
+            if await backend.count_connections(application_name) == 0:
+                break
+            await asyncio.sleep(0.02)
+        assert await backend.count_connections(application_name) == 0
+    finally:
+        await db.dispose()
+
+
 async def test_timeout_around_commit_leaves_nothing_checked_out(db: SQLAlchemy) -> None:
     """asyncio.wait_for expiring during commit cleans up like a cancel (each
     write is a task of its own, as Python < 3.12's wait_for made it)."""
