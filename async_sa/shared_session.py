@@ -19,7 +19,7 @@ Or, where the code that must share the session does not run inside one block
 pytest fixture that yields), enter it in that context and close it later::
 
     scope = db.session.shared().enter()      # sync: current in this context
-    ...
+    await run_statements_as_tasks_of_this_context()
     await scope.aclose()                     # closes the session, ends the scope
 
 The scope is a :mod:`contextvars` value: tasks created inside it (``create_task``,
