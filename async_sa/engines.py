@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib.util
 import typing as t
+from collections.abc import Iterable
 from collections.abc import Mapping
 
 import sqlalchemy as sa
@@ -26,6 +27,9 @@ BindKey = str | None
 
 UrlLike = str | sa.URL
 BindConfig = UrlLike | Mapping[str, t.Any]
+
+REPLICAS = "replicas"
+"""The option of a bind's dict form listing its read replicas."""
 
 _UPGRADE_BARE_BACKEND: dict[str, tuple[str, ...]] = {
     "sqlite": ("sqlite+aiosqlite",),
@@ -129,6 +133,8 @@ def resolve_engine_options(
     sqlite_base_dir: str,
     url_source: str,
     binds_source: str,
+    default_replicas: t.Any = None,
+    replicas_source: str = "SQLALCHEMY_REPLICAS",
 ) -> dict[BindKey, dict[str, t.Any]]:
     """Work out the ``create_async_engine`` options of every engine.
 
@@ -136,9 +142,25 @@ def resolve_engine_options(
     The default engine (key ``None``) exists only when ``url`` is given. The
     ``pgbouncer`` switch becomes driver settings (see :mod:`async_sa.pgbouncer`).
 
+    A bind's ``"replicas"`` (in its dict form) become, under the same key, a
+    list of the options of each replica: its primary's, with the replica's URL
+    (a replica given as a dict may override options too); see
+    :func:`resolve_replicas`.
+
     :param url_source: the config key or argument ``url`` came from.
     :param binds_source: the config key or argument ``binds`` came from.
+    :param default_replicas: the default bind's replicas given apart from it
+        (``SQLALCHEMY_REPLICAS``), which replace those of its dict form.
+    :param replicas_source: the config key ``default_replicas`` came from.
+    :raises ValueError: ``default_replicas`` is given but no default bind.
     """
+    if REPLICAS in engine_options:
+        raise ValueError(
+            f"{REPLICAS!r} is not an engine option every engine shares (in "
+            "SQLALCHEMY_ENGINE_OPTIONS or engine_options=): list a bind's replicas "
+            f"in its own options ({{'url': ..., {REPLICAS!r}: [...]}}), or the "
+            "default bind's in SQLALCHEMY_REPLICAS."
+        )
     resolved: dict[BindKey, dict[str, t.Any]] = {}
     for key, value in binds.items():
         where = f"{binds_source}[{key!r}]"
@@ -157,13 +179,141 @@ def resolve_engine_options(
                 f"{where} must be a URL string, a sqlalchemy.URL or a dict with a "
                 f"'url' key, not {type(value).__name__}."
             )
-        resolved[key] = _finish_options(
-            options, echo, sqlite_base_dir, where, shared=shared, in_binds=True
+        replicas = options.pop(REPLICAS, None)
+        replicas_where = f"{where}[{REPLICAS!r}]"
+        if key is None and default_replicas is not None and url is None:
+            replicas, replicas_where = default_replicas, replicas_source
+        resolved[key] = _resolve_bind(
+            options,
+            echo,
+            sqlite_base_dir,
+            where,
+            shared=shared,
+            in_binds=True,
+            replicas=replicas,
+            replicas_where=replicas_where,
         )
     if url is not None:
         options = {**engine_options, "url": url}
-        resolved[None] = _finish_options(
-            options, echo, sqlite_base_dir, url_source, shared=True, in_binds=False
+        resolved[None] = _resolve_bind(
+            options,
+            echo,
+            sqlite_base_dir,
+            url_source,
+            shared=True,
+            in_binds=False,
+            replicas=default_replicas,
+            replicas_where=replicas_source,
+        )
+    if default_replicas is not None and None not in resolved:
+        raise ValueError(
+            f"{replicas_source} lists replicas of the default bind, but there is "
+            "none: set SQLALCHEMY_DATABASE_URI (or pass url= to SQLAlchemy())."
+        )
+    return resolved
+
+
+def _resolve_bind(
+    options: dict[str, t.Any],
+    echo: bool | None,
+    sqlite_base_dir: str,
+    where: str,
+    *,
+    shared: bool,
+    in_binds: bool,
+    replicas: t.Any,
+    replicas_where: str,
+) -> dict[str, t.Any]:
+    """The finished options of one bind, its replicas' under ``"replicas"``."""
+    primary_options = dict(options)
+    finished = _finish_options(
+        options, echo, sqlite_base_dir, where, shared=shared, in_binds=in_binds
+    )
+    if replicas is not None:
+        finished[REPLICAS] = resolve_replicas(
+            replicas,
+            primary_options,
+            finished["url"],
+            echo,
+            sqlite_base_dir,
+            where=replicas_where,
+        )
+    return finished
+
+
+def resolve_replicas(
+    replicas: t.Any,
+    primary_options: Mapping[str, t.Any],
+    primary_url: sa.URL,
+    echo: bool | None,
+    sqlite_base_dir: str,
+    *,
+    where: str,
+) -> list[dict[str, t.Any]]:
+    """The options of each replica of a bind: its primary's options (as given,
+    before they were finished) with the replica's URL, or with the replica's
+    own dict form over them.
+
+    :param where: the config key the replicas came from, for error messages.
+    :raises TypeError: ``replicas`` is not a list of URLs or dicts.
+    :raises ValueError: the list is empty; a replica is on another database
+        system than its primary, or is an in-memory SQLite database.
+    """
+    if isinstance(replicas, (str, sa.URL, Mapping)) or not isinstance(
+        replicas, Iterable
+    ):
+        raise TypeError(
+            f"{where} must be a list of replica URLs (or of dicts with a 'url'), "
+            f"not {type(replicas).__name__}."
+        )
+    replicas = list(replicas)
+    if not replicas:
+        raise ValueError(
+            f"{where} is empty: list at least one replica URL, or leave "
+            f"{REPLICAS!r} out."
+        )
+    resolved = []
+    for index, replica in enumerate(replicas):
+        replica_where = f"{where}[{index}]"
+        base = {k: v for k, v in primary_options.items() if k != "url"}
+        if isinstance(replica, Mapping):
+            if REPLICAS in replica or "url" not in replica:
+                raise ValueError(
+                    f"{replica_where} must have a 'url' and no {REPLICAS!r} of "
+                    "its own, as in {'url': ..., **engine options}."
+                )
+            options = {**base, **replica}
+        elif isinstance(replica, (str, sa.URL)):
+            options = {**base, "url": replica}
+        else:
+            raise TypeError(
+                f"{replica_where} must be a URL string, a sqlalchemy.URL or a dict "
+                f"with a 'url' key, not {type(replica).__name__}."
+            )
+        url = to_async_url(options["url"], where=replica_where)
+        if url.get_backend_name() != primary_url.get_backend_name():
+            raise ValueError(
+                f"{replica_where} ({redact(url)}) is a {url.get_backend_name()} "
+                f"database, but its primary ({redact(primary_url)}) is "
+                f"{primary_url.get_backend_name()}: a replica is a copy of its "
+                "primary, on the same database system."
+            )
+        if url.get_backend_name() == "sqlite" and sqlite.is_memory(url):
+            raise ValueError(
+                f"{replica_where} ({redact(url)}) is an in-memory SQLite database, "
+                "which cannot be a replica: it would be a separate, empty "
+                "database. Use a file kept up to date from the primary, or leave "
+                "it out."
+            )
+        resolved.append(
+            _finish_options(
+                options,
+                echo,
+                sqlite_base_dir,
+                replica_where,
+                shared=pgbouncer.OPTION not in options,
+                in_binds=True,
+            )
         )
     return resolved
 

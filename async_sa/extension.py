@@ -258,6 +258,12 @@ class SQLAlchemy(t.Generic[_AS]):
         return self._current_state().engines
 
     @property
+    def replicas(self) -> Mapping[BindKey, tuple[sa_async.AsyncEngine, ...]]:
+        """Bind key → the engines of its read replicas (current owner), for the
+        binds that have some; see :mod:`async_sa.replicas`."""
+        return self._current_state().replica_engines
+
+    @property
     def engine(self) -> sa_async.AsyncEngine:
         """The default engine (bind key ``None``)."""
         return self._current_state().engine(None)
@@ -322,14 +328,20 @@ class SQLAlchemy(t.Generic[_AS]):
     ) -> State:
         """Create the engines of one owner (the standalone ``db`` or one app),
         and a metadata for each of its bind keys."""
-        for key in engine_options:
+        engines: dict[BindKey, sa_async.AsyncEngine] = {}
+        replica_engines: dict[BindKey, tuple[sa_async.AsyncEngine, ...]] = {}
+        for key, options in engine_options.items():
             self._make_metadata(key)
-        engines = {
-            key: _engines.create_engine(options)
-            for key, options in engine_options.items()
-        }
+            primary = {k: v for k, v in options.items() if k != _engines.REPLICAS}
+            engines[key] = _engines.create_engine(primary)
+            if _engines.REPLICAS in options:
+                replica_engines[key] = tuple(
+                    _engines.create_engine(replica)
+                    for replica in options[_engines.REPLICAS]
+                )
         state = State(
             engines=engines,
+            replica_engines=replica_engines,
             sender=sender,
             metadatas=self.metadatas,
             track_modifications=(
@@ -345,13 +357,14 @@ class SQLAlchemy(t.Generic[_AS]):
                 self._close_timeout if close_timeout is None else close_timeout
             ),
         )
-        aborted_transactions.watch(engines.values())
+        aborted_transactions.watch(state.all_engines())
         if state.record_queries:
-            _record_queries.listen(engines.values())
+            _record_queries.listen(state.all_engines())
         return state
 
     async def dispose(self) -> None:
-        """Dispose every engine this object created, standalone and per app.
+        """Dispose every engine this object created, standalone and per app,
+        read replicas included.
 
         The calling task's session is closed first, and sessions of finished
         tasks still closing in the background are waited for. Pooled
@@ -365,7 +378,7 @@ class SQLAlchemy(t.Generic[_AS]):
         if self._standalone is not None:
             states.append(self._standalone)
         for state in states:
-            for engine in state.engines.values():
+            for engine in state.all_engines():
                 await engine.dispose()
 
     async def __aenter__(self) -> SQLAlchemy[_AS]:

@@ -113,7 +113,8 @@ def resolve_config(
     ``config`` holds Flask-SQLAlchemy's keys (``SQLALCHEMY_DATABASE_URI``,
     ``SQLALCHEMY_BINDS``, ``SQLALCHEMY_ENGINE_OPTIONS``, ``SQLALCHEMY_ECHO``,
     ``SQLALCHEMY_TRACK_MODIFICATIONS``, ``SQLALCHEMY_RECORD_QUERIES``) and ours
-    (``SQLALCHEMY_COMMIT_ON_SUCCESS``, ``SQLALCHEMY_CLOSE_TIMEOUT``). Each key
+    (``SQLALCHEMY_REPLICAS``: the default bind's read replicas,
+    ``SQLALCHEMY_COMMIT_ON_SUCCESS``, ``SQLALCHEMY_CLOSE_TIMEOUT``). Each key
     set beats the ``SQLAlchemy()`` argument: the URL, each bind key, each engine
     option and each switch.
 
@@ -141,6 +142,8 @@ def resolve_config(
         "sqlite_base_dir": base_dir,
     }
     constructor_binds = {k: v for k, v in db._binds.items() if k not in config_binds}
+    replicas = config.get("SQLALCHEMY_REPLICAS")
+    default_in_config = config_url is not None or None in config_binds
     close_timeout = config.get("SQLALCHEMY_CLOSE_TIMEOUT")
     return OwnerConfig(
         engine_options={
@@ -149,6 +152,7 @@ def resolve_config(
                 binds=constructor_binds,
                 url_source="url=",
                 binds_source="binds=",
+                default_replicas=None if default_in_config else replicas,
                 **common,
             ),
             **_engines.resolve_engine_options(
@@ -156,6 +160,7 @@ def resolve_config(
                 binds=config_binds,
                 url_source="SQLALCHEMY_DATABASE_URI",
                 binds_source="SQLALCHEMY_BINDS",
+                default_replicas=replicas if default_in_config else None,
                 **common,
             ),
         },
@@ -220,8 +225,9 @@ async def commit_session(db: SQLAlchemy, logger: logging.Logger) -> None:
 
 
 async def dispose_engines(db: SQLAlchemy, owner: object | None = None) -> None:
-    """Dispose the engines of ``owner`` (``None``: the ``db``'s own) when it stops
-    serving, once the sessions of finished tasks are closed."""
+    """Dispose the engines of ``owner`` (``None``: the ``db``'s own), read
+    replicas included, when it stops serving, once the sessions of finished
+    tasks are closed."""
     await db.session.registry.wait_closed()
-    for engine in db.state_for(owner).engines.values():
+    for engine in db.state_for(owner).all_engines():
         await engine.dispose()

@@ -14,6 +14,7 @@ from sqlalchemy.util import ScopedRegistry
 
 from async_sa import event_loops
 from async_sa.cleanup import close_in_background
+from async_sa.replicas import Primary
 from async_sa.session import AsyncSession
 from async_sa.shared_session import SharedSessionScope
 
@@ -225,6 +226,16 @@ class ScopedSession(sa_async.async_scoped_session[_AS]):
         :class:`~async_sa.ConcurrentSessionUseError`.
         """
         return SharedSessionScope(self.registry)
+
+    def primary(self) -> Primary:
+        """A block whose reads go to the primary, not to read replicas::
+
+            async with db.session.primary():
+                ...  # reads the primary, as do the tasks started here
+
+        See :mod:`async_sa.replicas`. Without replicas it changes nothing.
+        """
+        return Primary()
 
     def remove(self) -> Coroutine[t.Any, t.Any, None]:
         """Close the calling task's session (rolling back uncommitted work) and

@@ -16,6 +16,7 @@ from sqlalchemy.sql import visitors
 from typing_extensions import TypedDict
 
 from async_sa import aborted_transactions
+from async_sa import replicas
 from async_sa import test_isolation
 from async_sa import track_modifications
 from async_sa.cleanup import close_within
@@ -52,6 +53,8 @@ class Session(sa_orm.Session):
         super().__init__(**kwargs)
         if test_isolation.active():
             test_isolation.join_if_isolated(self)
+        if self._async_sa_state.replicas:
+            replicas.route(self, self._async_sa_state.replicas)
         if self._async_sa_state.track_modifications:
             track_modifications.track(self, self._async_sa_state.sender)
 

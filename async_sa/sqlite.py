@@ -66,6 +66,16 @@ def apply_defaults(url: sa.URL, options: dict[str, t.Any], base_dir: str) -> sa.
     return url.set(database=f"file:{path}" if is_uri else path)
 
 
+def is_memory(url: sa.URL) -> bool:
+    """Whether the SQLite ``url`` names an in-memory database."""
+    database = url.database or ""
+    return (
+        database in ("", ":memory:")
+        or url.query.get("mode") == "memory"
+        or url.query.get("vfs") == "memdb"
+    )
+
+
 class CursorClosingConnection(sqlite3.Connection):
     """A sqlite3 connection that closes its cursors before closing itself.
 

@@ -10,7 +10,10 @@ import sqlalchemy.ext.asyncio as sa_async
 
 from async_sa.cleanup import DEFAULT_CLOSE_TIMEOUT
 from async_sa.engines import BindKey
+from async_sa.engines import redact
 from async_sa.errors import UnknownBindKeyError
+from async_sa.replicas import Replica
+from async_sa.replicas import ReplicaSet
 
 
 @dataclasses.dataclass(eq=False)
@@ -18,6 +21,8 @@ class State:
     """Everything a session needs from its owner, resolved once when it is made.
 
     :param engines: bind key → engine; ``None`` is the default engine.
+    :param replica_engines: bind key → the engines of its read replicas, for
+        the binds that have some.
     :param sender: the sender of the commit signals (the app, else ``db``).
     """
 
@@ -31,7 +36,13 @@ class State:
     close_timeout: float = DEFAULT_CLOSE_TIMEOUT
     """Seconds a session's close waits for the database before terminating its
     connections (see :func:`async_sa.cleanup.close_within`)."""
+    replica_engines: dict[BindKey, tuple[sa_async.AsyncEngine, ...]] = (
+        dataclasses.field(default_factory=dict)
+    )
     sync_engines: dict[BindKey, sa.Engine] = dataclasses.field(init=False)
+    replicas: dict[sa.Engine, ReplicaSet] = dataclasses.field(init=False)
+    """Primary (sync) engine → its replicas; empty when there are none, and
+    then sessions are not routed to replicas at all."""
     routes: dict[t.Any, sa.Engine] = dataclasses.field(default_factory=dict)
     """Engine per mapper and per table, filled as sessions route statements;
     only tables of the db's own metadatas (and their mappers) are kept, so
@@ -39,6 +50,27 @@ class State:
 
     def __post_init__(self) -> None:
         self.sync_engines = {k: e.sync_engine for k, e in self.engines.items()}
+        self.replicas = {
+            self.engines[key].sync_engine: ReplicaSet(
+                [
+                    Replica(
+                        engine,
+                        f"replica {index} of "
+                        f"{'the default bind' if key is None else f'bind {key!r}'} "
+                        f"({redact(engine.url)})",
+                    )
+                    for index, engine in enumerate(engines)
+                ]
+            )
+            for key, engines in self.replica_engines.items()
+        }
+
+    def all_engines(self) -> list[sa_async.AsyncEngine]:
+        """Every engine of the owner: the binds', then their replicas'."""
+        return [
+            *self.engines.values(),
+            *(e for engines in self.replica_engines.values() for e in engines),
+        ]
 
     def engine(self, key: BindKey) -> sa_async.AsyncEngine:
         """The engine for ``key``, or :class:`UnknownBindKeyError` naming it."""

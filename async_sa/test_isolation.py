@@ -117,8 +117,10 @@ class TestIsolation:
             )
         # get_bind hands these out where it would hand out the engines, and
         # caches them in routes of their own.
+        # Reads too: the replicas would not see what the test wrote.
         joined = dataclasses.replace(state, routes={})
         joined.sync_engines = t.cast(dict[BindKey, sa.Engine], sync_connections)
+        joined.replicas = {}
         self._joined = joined
         _active[state] = self
         self._scope = self._db.session.shared().enter()
