@@ -24,6 +24,7 @@ import typing as t
 from collections.abc import Mapping
 
 from async_sa import engines as _engines
+from async_sa import replicas
 from async_sa.cleanup import check_close_timeout
 from async_sa.cleanup import run_to_completion
 from async_sa.engines import BindConfig
@@ -183,13 +184,16 @@ def _switch(config: Mapping[str, t.Any], key: str) -> bool | None:
 
 async def remove_session(db: SQLAlchemy, logger: logging.Logger) -> None:
     """Roll back and close the current task's session at the end of a request;
-    log failures to ``logger``, never raise them.
+    log failures to ``logger``, never raise them. The task's writes are
+    forgotten: its next request reads from the replicas again (see
+    :mod:`async_sa.replicas`).
 
     A session whose close fails, or takes longer than the owner's close
     timeout, has its connection invalidated, so the pool gets it back (and
     discards it) either way. A cancellation of the task received meanwhile is
     raised once the close is done.
     """
+    replicas.forget_writes()
     session = db.session.registry.pop(current_task())
     if session is None:
         return

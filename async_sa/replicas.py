@@ -20,7 +20,9 @@ engine (see :class:`async_sa.session.Session`):
   a request always reads its own writes, even from a lagging replica. A write
   in a child task does not reach its parent: read a child's writes in the
   parent inside :meth:`db.session.primary()
-  <async_sa.scoping.ScopedSession.primary>`;
+  <async_sa.scoping.ScopedSession.primary>`. The end of a request (the
+  integration's teardown) forgets its writes, for a task that serves several
+  requests in turn, as a test client may;
 - ``async with db.session.primary():`` sends every read of the block (and of
   the tasks started in it) to the primary; ``bind_arguments={"replica":
   False}`` one statement, and ``{"replica": True}`` reads from a replica even
@@ -292,6 +294,15 @@ def route(session: sa_orm.Session, replicas: dict[sa.Engine, ReplicaSet]) -> Non
     routing._async_sa_chosen = {}
     routing._async_sa_wrote = set()
     routing._async_sa_picked = None
+
+
+def forget_writes() -> None:
+    """End of a request (see :func:`async_sa.integration.remove_session`): the
+    task's later reads go to the replicas again. A server runs each request in
+    a task of its own, which ends with it; a test client may run requests one
+    after another in the test's task."""
+    if _written.get():
+        _written.set(frozenset())
 
 
 class Primary:
