@@ -30,6 +30,8 @@ BindConfig = UrlLike | Mapping[str, t.Any]
 
 REPLICAS = "replicas"
 """The option of a bind's dict form listing its read replicas."""
+MAX_LAG = "max_replica_lag"
+"""The option of a bind's dict form bounding its replicas' lag (seconds)."""
 
 _UPGRADE_BARE_BACKEND: dict[str, tuple[str, ...]] = {
     "sqlite": ("sqlite+aiosqlite",),
@@ -154,13 +156,15 @@ def resolve_engine_options(
     :param replicas_source: the config key ``default_replicas`` came from.
     :raises ValueError: ``default_replicas`` is given but no default bind.
     """
-    if REPLICAS in engine_options:
-        raise ValueError(
-            f"{REPLICAS!r} is not an engine option every engine shares (in "
-            "SQLALCHEMY_ENGINE_OPTIONS or engine_options=): list a bind's replicas "
-            f"in its own options ({{'url': ..., {REPLICAS!r}: [...]}}), or the "
-            "default bind's in SQLALCHEMY_REPLICAS."
-        )
+    for option in (REPLICAS, MAX_LAG):
+        if option in engine_options:
+            raise ValueError(
+                f"{option!r} is not an engine option every engine shares (in "
+                "SQLALCHEMY_ENGINE_OPTIONS or engine_options=): give it in the "
+                f"options of a bind that has replicas ({{'url': ..., {REPLICAS!r}: "
+                "[...]}), or list the default bind's replicas in "
+                "SQLALCHEMY_REPLICAS."
+            )
     resolved: dict[BindKey, dict[str, t.Any]] = {}
     for key, value in binds.items():
         where = f"{binds_source}[{key!r}]"
@@ -180,6 +184,7 @@ def resolve_engine_options(
                 f"'url' key, not {type(value).__name__}."
             )
         replicas = options.pop(REPLICAS, None)
+        max_lag = options.pop(MAX_LAG, None)
         replicas_where = f"{where}[{REPLICAS!r}]"
         if key is None and default_replicas is not None and url is None:
             replicas, replicas_where = default_replicas, replicas_source
@@ -192,6 +197,7 @@ def resolve_engine_options(
             in_binds=True,
             replicas=replicas,
             replicas_where=replicas_where,
+            max_lag=max_lag,
         )
     if url is not None:
         options = {**engine_options, "url": url}
@@ -223,12 +229,40 @@ def _resolve_bind(
     in_binds: bool,
     replicas: t.Any,
     replicas_where: str,
+    max_lag: t.Any = None,
 ) -> dict[str, t.Any]:
-    """The finished options of one bind, its replicas' under ``"replicas"``."""
+    """The finished options of one bind, its replicas' under ``"replicas"``
+    and their lag bound under ``"max_replica_lag"``.
+
+    :raises ValueError: a lag bound without replicas, not a number of seconds
+        above 0, or on another database system than PostgreSQL.
+    """
     primary_options = dict(options)
     finished = _finish_options(
         options, echo, sqlite_base_dir, where, shared=shared, in_binds=in_binds
     )
+    if max_lag is not None:
+        if replicas is None:
+            raise ValueError(
+                f"{where} has {MAX_LAG!r} but no {REPLICAS!r}: list the replicas "
+                "whose lag it bounds, or leave it out."
+            )
+        if (
+            isinstance(max_lag, bool)
+            or not isinstance(max_lag, (int, float))
+            or not max_lag > 0
+        ):
+            raise ValueError(
+                f"{where}[{MAX_LAG!r}] must be a number of seconds above 0, not "
+                f"{max_lag!r}."
+            )
+        if finished["url"].get_backend_name() != "postgresql":
+            raise ValueError(
+                f"{where}[{MAX_LAG!r}]: the replica lag is measured on PostgreSQL "
+                f"only, and this bind is {finished['url'].get_backend_name()}; "
+                "leave it out."
+            )
+        finished[MAX_LAG] = float(max_lag)
     if replicas is not None:
         finished[REPLICAS] = resolve_replicas(
             replicas,

@@ -330,18 +330,26 @@ class SQLAlchemy(t.Generic[_AS]):
         and a metadata for each of its bind keys."""
         engines: dict[BindKey, sa_async.AsyncEngine] = {}
         replica_engines: dict[BindKey, tuple[sa_async.AsyncEngine, ...]] = {}
+        replica_max_lag: dict[BindKey, float] = {}
         for key, options in engine_options.items():
             self._make_metadata(key)
-            primary = {k: v for k, v in options.items() if k != _engines.REPLICAS}
+            primary = {
+                k: v
+                for k, v in options.items()
+                if k not in (_engines.REPLICAS, _engines.MAX_LAG)
+            }
             engines[key] = _engines.create_engine(primary)
             if _engines.REPLICAS in options:
                 replica_engines[key] = tuple(
                     _engines.create_engine(replica)
                     for replica in options[_engines.REPLICAS]
                 )
+            if _engines.MAX_LAG in options:
+                replica_max_lag[key] = options[_engines.MAX_LAG]
         state = State(
             engines=engines,
             replica_engines=replica_engines,
+            replica_max_lag=replica_max_lag,
             sender=sender,
             metadatas=self.metadatas,
             track_modifications=(

@@ -46,6 +46,13 @@ instead of refusing holds the read until its driver's connect or command
 timeout: set one in the replica's options. Streamed results
 (``session.stream``) are not run again.
 
+Lag (PostgreSQL): with ``"max_replica_lag": SECONDS`` in the bind's dict
+form, a session picking a replica skips one that lags more (measured with
+:data:`LAG_QUERY` at most every :data:`LAG_CHECK_EVERY` seconds per replica
+and process; crossing the bound is logged). Requests that wrote read their
+writes whatever the lag; the bound is for the others, which should not see
+data older than that.
+
 Under ``db.test_isolation()`` every statement goes to the isolation's primary
 connections: the replicas would not see what the test wrote.
 """
@@ -66,6 +73,17 @@ logger = logging.getLogger("async_sa.replicas")
 
 DOWN_FOR = 10.0
 """Seconds a replica that failed gets no reads before it is tried again."""
+LAG_CHECK_EVERY = 1.0
+"""Seconds a replica's measured lag is trusted before it is measured again."""
+LAG_QUERY = (
+    "SELECT CASE WHEN NOT pg_is_in_recovery() "
+    "OR pg_last_wal_receive_lsn() <= pg_last_wal_replay_lsn() THEN 0 "
+    "ELSE coalesce(extract(epoch FROM now() - pg_last_xact_replay_timestamp()), 0) "
+    "END"
+)
+"""A PostgreSQL standby's lag in seconds: none when it has applied all the WAL
+it received, else the age of the last transaction it applied (also while it is
+not streaming, just restarted, say: it cannot know what it misses)."""
 
 _written: contextvars.ContextVar[frozenset[sa.Engine]] = contextvars.ContextVar(
     "async_sa_written", default=frozenset()
@@ -84,16 +102,66 @@ class Replica:
         URL without the password.
     """
 
-    __slots__ = ("async_engine", "down_until", "engine", "failing", "label")
+    __slots__ = (
+        "async_engine",
+        "down_until",
+        "engine",
+        "failing",
+        "label",
+        "lag_checked",
+        "lagging",
+        "max_lag",
+    )
 
-    def __init__(self, async_engine: t.Any, label: str) -> None:
+    def __init__(
+        self, async_engine: t.Any, label: str, max_lag: float | None = None
+    ) -> None:
         self.async_engine = async_engine
         self.engine: sa.Engine = async_engine.sync_engine
         self.label = label
+        self.max_lag = max_lag
+        """The most seconds it may lag and get reads; ``None``: not measured."""
         self.down_until = 0.0
         """``time.monotonic()`` until which it gets no reads; 0 when up."""
         self.failing = False
         """Whether it failed and has not answered since (logged once)."""
+        self.lag_checked = -LAG_CHECK_EVERY
+        """``time.monotonic()`` of the last lag measurement."""
+        self.lagging = False
+        """Whether it lagged more than ``max_lag`` when last measured."""
+
+    def within_lag(self) -> bool:
+        """Whether its lag is within ``max_lag``, measured (:data:`LAG_QUERY`,
+        on a connection of its pool) when the last measurement is older than
+        :data:`LAG_CHECK_EVERY`; crossing the bound either way is logged. A
+        failed measurement marks it down."""
+        now = time.monotonic()
+        if now - self.lag_checked < LAG_CHECK_EVERY:
+            return not self.lagging
+        self.lag_checked = now
+        assert self.max_lag is not None
+        try:
+            with self.engine.connect() as connection:
+                lag = float(connection.exec_driver_sql(LAG_QUERY).scalar() or 0.0)
+        except sa.exc.MissingGreenlet:
+            return not self.lagging  # get_bind called outside SQLAlchemy's greenlet
+        except Exception as error:
+            self.mark_down(error)
+            return False
+        lagging = lag > self.max_lag
+        if lagging != self.lagging:
+            self.lagging = lagging
+            if lagging:
+                logger.warning(
+                    "%s lags %.1f s behind its primary, more than max_replica_lag "
+                    "(%s s): its reads go to another replica or the primary",
+                    self.label,
+                    lag,
+                    self.max_lag,
+                )
+            else:
+                logger.info("%s is within max_replica_lag again", self.label)
+        return not lagging
 
     def mark_down(self, error: BaseException) -> None:
         """Give it no reads for :data:`DOWN_FOR` seconds; log the first failure."""
@@ -125,7 +193,8 @@ class ReplicaSet:
         self._next = random.randrange(len(self.replicas))
 
     def pick(self) -> Replica | None:
-        """The next replica that is up, or ``None`` when all are down."""
+        """The next replica that is up (and within its lag bound, if it has
+        one), or ``None`` when none is."""
         replicas = self.replicas
         count = len(replicas)
         start = self._next
@@ -137,6 +206,8 @@ class ReplicaSet:
                 now = now or time.monotonic()
                 if now < replica.down_until:
                     continue
+            if replica.max_lag is not None and not replica.within_lag():
+                continue
             return replica
         return None
 

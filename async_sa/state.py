@@ -23,6 +23,8 @@ class State:
     :param engines: bind key → engine; ``None`` is the default engine.
     :param replica_engines: bind key → the engines of its read replicas, for
         the binds that have some.
+    :param replica_max_lag: bind key → the most seconds its replicas may lag
+        to get reads, for the binds that bound it.
     :param sender: the sender of the commit signals (the app, else ``db``).
     """
 
@@ -39,6 +41,7 @@ class State:
     replica_engines: dict[BindKey, tuple[sa_async.AsyncEngine, ...]] = (
         dataclasses.field(default_factory=dict)
     )
+    replica_max_lag: dict[BindKey, float] = dataclasses.field(default_factory=dict)
     sync_engines: dict[BindKey, sa.Engine] = dataclasses.field(init=False)
     replicas: dict[sa.Engine, ReplicaSet] = dataclasses.field(init=False)
     """Primary (sync) engine → its replicas; empty when there are none, and
@@ -58,6 +61,7 @@ class State:
                         f"replica {index} of "
                         f"{'the default bind' if key is None else f'bind {key!r}'} "
                         f"({redact(engine.url)})",
+                        max_lag=self.replica_max_lag.get(key),
                     )
                     for index, engine in enumerate(engines)
                 ]

@@ -612,6 +612,46 @@ BAD_REPLICAS: list[tuple[str, dict[str, t.Any], type[Exception], str]] = [
         r"binds=\['x'\]\['replicas'\]\[0\] must have a 'url'",
     ),
     (
+        "lag bound without replicas",
+        {"binds": {"x": {"url": "postgresql://h/d", "max_replica_lag": 5}}},
+        ValueError,
+        r"binds=\['x'\] has 'max_replica_lag' but no 'replicas'",
+    ),
+    (
+        "lag bound of zero",
+        {
+            "binds": {
+                "x": {
+                    "url": "postgresql://h/d",
+                    "replicas": ["postgresql://r/d"],
+                    "max_replica_lag": 0,
+                }
+            }
+        },
+        ValueError,
+        r"binds=\['x'\]\['max_replica_lag'\] must be a number of seconds",
+    ),
+    (
+        "lag bound on SQLite",
+        {
+            "binds": {
+                "x": {
+                    "url": "sqlite:///p.db",
+                    "replicas": ["sqlite:///r.db"],
+                    "max_replica_lag": 5,
+                }
+            }
+        },
+        ValueError,
+        "measured on PostgreSQL only",
+    ),
+    (
+        "lag bound for every engine",
+        {"url": "sqlite:///p.db", "engine_options": {"max_replica_lag": 5}},
+        ValueError,
+        "'max_replica_lag' is not an engine option every engine shares",
+    ),
+    (
         "replicas for every engine",
         {"url": "sqlite:///p.db", "engine_options": {"replicas": ["sqlite:///r.db"]}},
         ValueError,

@@ -71,13 +71,23 @@ async def _fetch(cluster: PgCluster, query: str) -> t.Any:
 
 
 async def caught_up(primary: PgCluster, standby: PgCluster) -> None:
-    """Wait until the standby has applied everything the primary committed."""
+    """Wait until the standby streams from the primary again (after a restart)
+    and has applied everything the primary committed."""
     lsn = await _fetch(primary, "SELECT pg_current_wal_lsn()::text")
+    query = (
+        "SELECT EXISTS (SELECT FROM pg_stat_wal_receiver WHERE status = 'streaming') "
+        f"AND pg_last_wal_replay_lsn() >= '{lsn}'"
+    )
     for _ in range(int(APPLY_DELAY * 40) + 200):
-        if await _fetch(standby, f"SELECT pg_last_wal_replay_lsn() >= '{lsn}'"):
+        if await _fetch(standby, query):
             return
         await asyncio.sleep(0.05)
-    raise AssertionError(f"the standby did not replay up to {lsn}")
+    state = await _fetch(
+        standby,
+        "SELECT concat_ws(' ', pg_last_wal_receive_lsn(), pg_last_wal_replay_lsn(), "
+        "(SELECT status FROM pg_stat_wal_receiver))",
+    )
+    raise AssertionError(f"the standby did not replay up to {lsn}: {state}")
 
 
 def item_model(db: SQLAlchemy) -> type[t.Any]:
@@ -243,6 +253,55 @@ async def test_a_stopped_standby_costs_no_request(
     await asyncio.sleep(1.0)
     assert await in_fresh_context(read()) is True
     assert "answers again" in caplog.text
+
+
+async def test_a_standby_lagging_more_than_the_bound_gets_no_reads(
+    pg_replication: tuple[PgCluster, PgCluster],
+    table: str,
+    driver: str,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """With max_replica_lag below the standby's lag, a read right after a
+    commit on the primary goes to the primary (logged once); once the standby
+    has applied everything, reads go to it again."""
+    primary, standby = pg_replication
+    await caught_up(primary, standby)
+    monkeypatch.setattr(replicas_module, "LAG_CHECK_EVERY", 0.0)
+    caplog.set_level(logging.INFO, logger="async_sa.replicas")
+    db = SQLAlchemy(
+        binds={
+            None: {
+                "url": primary.url_for(driver),
+                "replicas": [standby.url_for(driver)],
+                "max_replica_lag": APPLY_DELAY / 4,
+            }
+        }
+    )
+    item = item_model(db)
+
+    async def write() -> None:
+        db.session.add(item(note="lag"))
+        await db.session.commit()
+
+    async def read() -> bool | None:
+        return await db.session.scalar(IN_RECOVERY)
+
+    try:
+        assert await in_fresh_context(read()) is True
+        await in_fresh_context(write())
+        await asyncio.sleep(APPLY_DELAY / 2)
+        assert [await in_fresh_context(read()) for _ in range(3)] == [False] * 3
+        warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+        assert len(warnings) == 1
+        assert "more than max_replica_lag" in warnings[0].getMessage()
+        await caught_up(primary, standby)
+        assert await in_fresh_context(read()) is True
+        assert "within max_replica_lag again" in caplog.text
+        await db.session.registry.wait_closed()
+        assert checked_out(db) == [0, 0]
+    finally:
+        await db.dispose()
 
 
 async def test_another_event_loop_reads_the_standby_and_leaves_nothing(
