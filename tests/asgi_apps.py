@@ -1,4 +1,5 @@
-"""The same notes app on Starlette, FastAPI and Litestar, for the ASGI tests.
+"""The same notes app on Starlette, FastAPI and Litestar, for the ASGI tests,
+and each framework's own test client.
 
 Each app has the routes below, wrapped in :class:`async_sa.asgi.SessionMiddleware`
 the way its framework does it; a framework that is not installed is skipped
@@ -298,3 +299,24 @@ def _litestar(h: Handlers, commit_on_success: bool) -> t.Any:
     # Wrapping the app itself (rather than DefineMiddleware, which wraps each
     # route) lets the lifespan through, so the engines are disposed at shutdown.
     return SessionMiddleware(app, db=h.db, commit_on_success=commit_on_success)
+
+
+def own_test_client(framework: str, app: t.Any) -> t.Any:
+    """``framework``'s own test client for ``app``: Starlette's ``TestClient``
+    (FastAPI's is the same class), or Litestar's.
+
+    Both are synchronous: each runs the app in a thread of its own, on an event
+    loop of its own (anyio's blocking portal). Used as a context manager, the
+    client keeps one such loop for all its requests and runs the lifespan around
+    them; without, every request gets a fresh loop, ended with the request. A
+    request returns once the app has returned, background tasks included. An
+    error escaping the app becomes a 500, as a server answers it, instead of
+    being raised in the test.
+    """
+    if framework == "litestar":
+        from litestar.testing import TestClient as LitestarTestClient
+
+        return LitestarTestClient(app, raise_server_exceptions=False)
+    from starlette.testclient import TestClient
+
+    return TestClient(app, raise_server_exceptions=False)
