@@ -38,6 +38,21 @@ from async_sa.session import SessionOptions
 from async_sa.state import State
 from async_sa.test_isolation import TestIsolation
 
+if t.TYPE_CHECKING:
+    from sqlalchemy.sql.selectable import TypedReturnsRows
+    from typing_extensions import TypeVarTuple
+    from typing_extensions import Unpack
+
+    class _AnyBased(t.Protocol):
+        """What no type has but a class with an ``Any`` base (a ``db.Model``
+        subclass, to a type checker), which has everything."""
+
+        def _async_sa_only_an_any_based_class_has_this(self) -> None: ...
+
+    _M = t.TypeVar("_M", bound=_AnyBased)
+    _U = t.TypeVar("_U")
+    _Ts = TypeVarTuple("_Ts")
+
 _ALL = "__all__"
 _T = t.TypeVar("_T")
 _C = t.TypeVar("_C")
@@ -436,23 +451,161 @@ class SQLAlchemy(t.Generic[_AS]):
         """
         return _views.get_or_404(self, entity, ident, description=description, **kwargs)
 
+    # The helpers below return the first column's value: typed as that column
+    # for a statement of one column or entity, ``Any`` for several (as
+    # ``session.scalar`` types them), on SQLAlchemy 2.0 and 2.1 alike
+    # (typing_tests/views.py). Their overloads, in order:
+    # 1. a statement of one ``db.Model`` subclass on 2.1 (``Select[Item]``):
+    #    its ``Any`` base would match 2. with nothing to infer (``Never``);
+    # 2. one column on 2.0, whose statements have one tuple of column types
+    #    (``Select[tuple[User]]``);
+    # 3. several columns on 2.0, which 4. would take for one tuple column;
+    # 4. one column on 2.1, which has one type per column (``Select[User]``);
+    # 5. anything else (several columns on 2.1, ``text()``): ``Any``.
+    # The forms of the other version are ill-typed there (hence the ignores)
+    # and match no statement but one of a single tuple-typed column. A
+    # statement SQLAlchemy types with ``Never`` (``select(literal_column(...))``)
+    # gives ``Never``, as ``Result.scalar_one()`` does; on 2.0 ``paginate`` of
+    # a ``Select[tuple[Any]]`` is ``Any`` (its overloads differ only in what
+    # that ``Any`` would be), of a ``Select[Any]`` a ``Pagination[Any]``.
+
+    @t.overload
+    def first_or_404(
+        self,
+        statement: TypedReturnsRows[_M],  # type: ignore[type-var,unused-ignore]
+        *,
+        description: str | None = None,
+    ) -> Coroutine[t.Any, t.Any, _M]: ...
+    @t.overload
+    def first_or_404(
+        self, statement: TypedReturnsRows[tuple[_T]], *, description: str | None = None
+    ) -> Coroutine[t.Any, t.Any, _T]: ...
+    @t.overload
+    def first_or_404(
+        self,
+        statement: TypedReturnsRows[tuple[_T, _U, Unpack[_Ts]]],
+        *,
+        description: str | None = None,
+    ) -> Coroutine[t.Any, t.Any, t.Any]: ...
+    @t.overload
+    def first_or_404(
+        self,
+        statement: TypedReturnsRows[_T],  # type: ignore[type-var,unused-ignore]
+        *,
+        description: str | None = None,
+    ) -> Coroutine[t.Any, t.Any, _T]: ...
+    @t.overload
+    def first_or_404(
+        self, statement: sa.Executable, *, description: str | None = None
+    ) -> Coroutine[t.Any, t.Any, t.Any]: ...
     def first_or_404(
         self, statement: sa.Executable, *, description: str | None = None
     ) -> Coroutine[t.Any, t.Any, t.Any]:
-        """The first result of ``statement`` (``session.scalar``), or a 404 when
-        there is none."""
+        """The first column of the first row of ``statement``
+        (``session.scalar``), or a 404 when there is no row or that value is
+        ``NULL``.
+
+        ``await db.first_or_404(select(User))`` is typed as ``User``.
+        """
         return _views.first_or_404(self, statement, description=description)
 
+    @t.overload
+    def one_or_404(
+        self,
+        statement: TypedReturnsRows[_M],  # type: ignore[type-var,unused-ignore]
+        *,
+        description: str | None = None,
+    ) -> Coroutine[t.Any, t.Any, _M]: ...
+    @t.overload
+    def one_or_404(
+        self, statement: TypedReturnsRows[tuple[_T]], *, description: str | None = None
+    ) -> Coroutine[t.Any, t.Any, _T]: ...
+    @t.overload
+    def one_or_404(
+        self,
+        statement: TypedReturnsRows[tuple[_T, _U, Unpack[_Ts]]],
+        *,
+        description: str | None = None,
+    ) -> Coroutine[t.Any, t.Any, t.Any]: ...
+    @t.overload
+    def one_or_404(
+        self,
+        statement: TypedReturnsRows[_T],  # type: ignore[type-var,unused-ignore]
+        *,
+        description: str | None = None,
+    ) -> Coroutine[t.Any, t.Any, _T]: ...
+    @t.overload
+    def one_or_404(
+        self, statement: sa.Executable, *, description: str | None = None
+    ) -> Coroutine[t.Any, t.Any, t.Any]: ...
     def one_or_404(
         self, statement: sa.Executable, *, description: str | None = None
     ) -> Coroutine[t.Any, t.Any, t.Any]:
-        """The only result of ``statement`` (``scalar_one()``), or a 404 when
-        there is none or more than one."""
+        """The first column of the only row of ``statement`` (``scalar_one()``),
+        or a 404 when there is no row or more than one.
+
+        ``await db.one_or_404(select(User))`` is typed as ``User``.
+        """
         return _views.one_or_404(self, statement, description=description)
 
+    @t.overload
     def paginate(
         self,
-        select: _pagination.AnySelect,
+        select: sa.Select[_M],  # type: ignore[type-var,unused-ignore]
+        *,
+        page: int | None = None,
+        per_page: int | None = None,
+        max_per_page: int | None = None,
+        error_out: bool = True,
+        count: bool = True,
+    ) -> Coroutine[t.Any, t.Any, _pagination.Pagination[_M]]: ...
+    @t.overload
+    def paginate(
+        self,
+        select: sa.Select[tuple[_T]],
+        *,
+        page: int | None = None,
+        per_page: int | None = None,
+        max_per_page: int | None = None,
+        error_out: bool = True,
+        count: bool = True,
+    ) -> Coroutine[t.Any, t.Any, _pagination.Pagination[_T]]: ...
+    @t.overload
+    def paginate(
+        self,
+        select: sa.Select[tuple[_T, _U, Unpack[_Ts]]],
+        *,
+        page: int | None = None,
+        per_page: int | None = None,
+        max_per_page: int | None = None,
+        error_out: bool = True,
+        count: bool = True,
+    ) -> Coroutine[t.Any, t.Any, _pagination.Pagination[t.Any]]: ...
+    @t.overload
+    def paginate(
+        self,
+        select: sa.Select[_T],  # type: ignore[type-var,unused-ignore]
+        *,
+        page: int | None = None,
+        per_page: int | None = None,
+        max_per_page: int | None = None,
+        error_out: bool = True,
+        count: bool = True,
+    ) -> Coroutine[t.Any, t.Any, _pagination.Pagination[_T]]: ...
+    @t.overload
+    def paginate(
+        self,
+        select: sa.Select,  # type: ignore[type-arg]
+        *,
+        page: int | None = None,
+        per_page: int | None = None,
+        max_per_page: int | None = None,
+        error_out: bool = True,
+        count: bool = True,
+    ) -> Coroutine[t.Any, t.Any, _pagination.Pagination[t.Any]]: ...
+    def paginate(
+        self,
+        select: sa.Select,  # type: ignore[type-arg]
         *,
         page: int | None = None,
         per_page: int | None = None,

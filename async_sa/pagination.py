@@ -16,10 +16,10 @@ from async_sa.integration import Integration
 if t.TYPE_CHECKING:
     from async_sa.extension import SQLAlchemy
 
-    # One ``Any`` means any select both in SQLAlchemy 2.0 (one tuple type) and
-    # 2.1 (one type per column).
-    AnySelect = sa.Select[t.Any]
-    """A ``select()`` of any columns or entities."""
+# A select of any columns is spelled bare, ``sa.Select`` (``type-arg`` ignored):
+# that is ``Select[Any]`` in SQLAlchemy 2.0 (one tuple type) and
+# ``Select[*tuple[Any, ...]]`` in 2.1 (one type per column), where
+# ``Select[Any]`` is a select of one column. An alias of it would be generic.
 
 DEFAULT_PER_PAGE = 20
 """Items per page when neither the caller nor the query string says."""
@@ -195,7 +195,7 @@ class SelectPagination(Pagination[_T]):
         total: int | None,
         max_per_page: int,
         db: SQLAlchemy,
-        select: AnySelect,
+        select: sa.Select,  # type: ignore[type-arg]
     ) -> None:
         super().__init__(
             items, page=page, per_page=per_page, total=total, max_per_page=max_per_page
@@ -219,7 +219,7 @@ class SelectPagination(Pagination[_T]):
 
 async def paginate(
     db: SQLAlchemy,
-    select: AnySelect,
+    select: sa.Select,  # type: ignore[type-arg]
     *,
     page: int | None = None,
     per_page: int | None = None,

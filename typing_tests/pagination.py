@@ -1,5 +1,6 @@
 """The types of a page: ``Pagination[T]`` iterates over ``T``; a bare
-``Pagination`` (what ``db.paginate`` returns) is ``Pagination[Any]``."""
+``Pagination`` is ``Pagination[Any]`` (``db.paginate``'s own types are pinned
+in views.py)."""
 
 from __future__ import annotations
 
@@ -22,8 +23,12 @@ def built_by_hand() -> None:
 
 async def loaded(db: SQLAlchemy) -> None:
     page = await db.paginate(sa.select(sa.literal(1)))
-    assert_type(page, Pagination[t.Any])
-    typed: Pagination[int] = page
+    assert_type(page, Pagination[int])
+    assert_type(await page.next(), Pagination[int])
+    statement: sa.Select[t.Any] = sa.select(sa.text("1"))
+    untyped = await db.paginate(statement)
+    assert_type(untyped, Pagination[t.Any])
+    typed: Pagination[int] = untyped
     assert_type(await typed.next(), Pagination[int])
 
 
