@@ -30,11 +30,10 @@ import typing as t
 
 import pytest
 import sqlalchemy as sa
-from sqlalchemy.orm import Mapped
-from sqlalchemy.orm import mapped_column
 
 from async_sa import SQLAlchemy
 from async_sa.asgi import SessionMiddleware
+from tests.conftest import note_model
 
 FRAMEWORKS = ["starlette", "fastapi", "litestar"]
 
@@ -55,11 +54,7 @@ class Handlers:
         self.is_postgres = is_postgres
         self.hooks = Hooks()
 
-        class Note(db.Model):  # type: ignore[name-defined,misc]
-            id: Mapped[int] = mapped_column(primary_key=True)
-            text: Mapped[str] = mapped_column(sa.String(50))
-
-        self.Note = Note
+        self.Note = note_model(db)
 
     async def add(self, text: str) -> int:
         note = self.Note(text=text)

@@ -44,6 +44,8 @@ import hypothesis
 import pytest
 import sqlalchemy as sa
 import sqlalchemy.ext.asyncio as sa_async
+from sqlalchemy.orm import Mapped
+from sqlalchemy.orm import mapped_column
 from sqlalchemy.pool import NullPool
 
 from async_sa import SQLAlchemy
@@ -565,3 +567,45 @@ def make_db(backend: Backend, new_db: NewDb) -> MakeDb:
 def db(make_db: MakeDb) -> SQLAlchemy:
     """A default ``SQLAlchemy`` object on the test's backend."""
     return make_db()
+
+
+# -- helpers the test modules share ----------------------------------------------
+
+
+def todo_model(db: SQLAlchemy) -> type[t.Any]:
+    """A ``Todo`` model (``id``, ``title``) on ``db.Model``."""
+
+    class Todo(db.Model):  # type: ignore[name-defined,misc]
+        id: Mapped[int] = mapped_column(primary_key=True)
+        title: Mapped[str] = mapped_column(sa.String(50), default="")
+
+    return Todo
+
+
+def note_model(db: SQLAlchemy) -> type[t.Any]:
+    """A ``Note`` model (``id``, ``text``) on ``db.Model``."""
+
+    class Note(db.Model):  # type: ignore[name-defined,misc]
+        id: Mapped[int] = mapped_column(primary_key=True)
+        text: Mapped[str] = mapped_column(sa.String(50), default="")
+
+    return Note
+
+
+async def count(db: SQLAlchemy, model: type[t.Any], app: t.Any = None) -> int:
+    """Rows of ``model`` as a fresh session sees them; in ``app``'s database (in
+    its app context) when given."""
+    if app is not None:
+        async with app.app_context():
+            return await count(db, model)
+    async with db.sessionmaker() as session:
+        return await session.scalar(sa.select(sa.func.count()).select_from(model)) or 0
+
+
+def checked_out(db: SQLAlchemy, owner: object | None = None) -> int:
+    """Connections of ``db``'s engines for ``owner`` (an app; ``None``: the
+    ``db``'s own) not back in their pools."""
+    return sum(
+        engine.pool.checkedout()  # type: ignore[attr-defined]
+        for engine in db.state_for(owner).engines.values()
+    )

@@ -17,8 +17,8 @@ import wsproto
 import wsproto.events
 
 from async_sa import SQLAlchemy
-from async_sa.state import State
 from tests.conftest import Backend
+from tests.conftest import checked_out
 
 TIMEOUT = 10.0
 """Seconds any one step may take before the test fails instead of hanging."""
@@ -85,26 +85,19 @@ async def websocket_exchange(port: int, path: str, message: str) -> str:
 
 
 async def assert_nothing_left_open(
-    db: SQLAlchemy, state: State, backend: Backend, tag: str
+    db: SQLAlchemy, owner: object | None, backend: Backend, tag: str
 ) -> None:
-    """No session of ``db`` registered, no connection of ``state``'s engines
-    checked out, and none of its server connections (tagged ``tag``, see
-    :meth:`Backend.tagged`) idle in transaction."""
+    """No session of ``db`` registered, no connection of its engines for
+    ``owner`` (an app; ``None``: the ``db``'s own) checked out, and none of its
+    server connections (tagged ``tag``, see :meth:`Backend.tagged`) idle in
+    transaction."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + TIMEOUT
-    while db.session.registry.registry or checked_out(state):
+    while db.session.registry.registry or checked_out(db, owner):
         assert loop.time() < deadline, "connections still checked out"
         await db.session.registry.wait_closed()
         await asyncio.sleep(0.01)
     assert await backend.count_connections(tag, "idle in transaction") == 0
-
-
-def checked_out(state: State) -> int:
-    """Connections of ``state``'s engines checked out now."""
-    return sum(
-        engine.pool.checkedout()  # type: ignore[attr-defined]
-        for engine in state.engines.values()
-    )
 
 
 def named_engine_options(backend: Backend) -> tuple[dict[str, t.Any], str]:

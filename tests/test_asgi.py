@@ -32,9 +32,9 @@ from tests.asgi_apps import Handlers
 from tests.asgi_apps import make_app
 from tests.asgi_apps import own_test_client
 from tests.conftest import Backend
+from tests.conftest import checked_out
 from tests.conftest import NewDb
 from tests.servers import assert_nothing_left_open
-from tests.servers import checked_out
 from tests.servers import named_engine_options
 from tests.servers import serving
 from tests.servers import TIMEOUT
@@ -165,9 +165,8 @@ class Served:
 
     async def assert_nothing_left_open(self) -> None:
         """No session registered, no connection checked out, none idle in tx."""
-        state = self.db.state_for(None)
         await assert_nothing_left_open(
-            self.db, state, self.backend, self.application_name
+            self.db, None, self.backend, self.application_name
         )
 
 
@@ -360,7 +359,7 @@ async def test_test_client_without_lifespan_leaves_no_connection_of_its_loops(
     page = await asyncio.to_thread(client.get, "/page")
     assert len(page.json()) == 3
     assert pool.checkedin() == idle_before  # type: ignore[attr-defined]
-    assert checked_out(served.db.state_for(None)) == 0
+    assert checked_out(served.db) == 0
     # The test's loop holds the pooled connection of create_all(), no other.
     loop = asyncio.get_running_loop()
     deadline = loop.time() + TIMEOUT

@@ -22,6 +22,7 @@ import sqlalchemy as sa
 from async_sa import SQLAlchemy
 from async_sa.cleanup import ABANDON_AFTER
 from tests.conftest import asyncpg_dsn
+from tests.conftest import checked_out
 from tests.conftest import NewDb
 from tests.pg_cluster import pg_cluster
 from tests.pg_cluster import PgCluster
@@ -78,11 +79,6 @@ def cluster_db(
         return new_db(url=url, engine_options={"connect_args": connect_args}, **kwargs)
 
     return make
-
-
-def checked_out(db: SQLAlchemy) -> int:
-    pools = [engine.pool for engine in db.engines.values()]
-    return sum(pool.checkedout() for pool in pools)  # type: ignore[attr-defined]
 
 
 async def backends(cluster: PgCluster, application_name: str) -> int:

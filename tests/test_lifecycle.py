@@ -23,6 +23,7 @@ from sqlalchemy.pool import StaticPool
 from async_sa import SQLAlchemy
 from async_sa.event_loops import LoopPool
 from tests.conftest import Backend
+from tests.conftest import checked_out
 from tests.conftest import MakeDb
 from tests.conftest import on_heavy_backends
 from tests.conftest import POSTGRES_URL
@@ -30,10 +31,6 @@ from tests.conftest import require_postgres
 
 LEAK_TASKS = 10_000
 CANCELLED_TASKS = 1_000
-
-
-def checked_out(db: SQLAlchemy) -> int:
-    return sum(engine.pool.checkedout() for engine in db.engines.values())  # type: ignore[attr-defined]
 
 
 @pytest.mark.reliability

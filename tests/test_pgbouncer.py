@@ -23,7 +23,9 @@ from async_sa import signals
 from async_sa import SQLAlchemy
 from async_sa.engines import resolve_engine_options
 from tests.conftest import asyncpg_dsn
+from tests.conftest import checked_out
 from tests.conftest import NewDb
+from tests.conftest import note_model
 from tests.pg_cluster import PgBouncer
 from tests.pg_cluster import pgbouncer
 from tests.pg_cluster import pgbouncer_cluster
@@ -67,18 +69,6 @@ def bounced(
         return new_db(url=pgbouncer.url(driver), engine_options=options, **kwargs)
 
     return make
-
-
-def note_model(db: SQLAlchemy) -> type[t.Any]:
-    class Note(db.Model):  # type: ignore[name-defined,misc]
-        id: Mapped[int] = mapped_column(primary_key=True)
-        text: Mapped[str] = mapped_column(sa.String(50))
-
-    return Note
-
-
-def checked_out(db: SQLAlchemy) -> int:
-    return sum(engine.pool.checkedout() for engine in db.engines.values())  # type: ignore[attr-defined]
 
 
 async def run_units(

@@ -17,6 +17,8 @@ from async_sa import models_committed
 from async_sa import ModelsCommittedError
 from async_sa import SQLAlchemy
 from tests.conftest import Backend
+from tests.conftest import checked_out
+from tests.conftest import count
 from tests.conftest import NewDb
 
 Changes = list[tuple[t.Any, str]]
@@ -29,15 +31,10 @@ class Site(t.NamedTuple):
     Note: type[t.Any]
 
     async def stored(self) -> int:
-        async with self.app.app_context(), self.db.sessionmaker() as session:
-            stored = await session.scalar(
-                sa.select(sa.func.count()).select_from(self.Note)
-            )
-            return stored or 0
+        return await count(self.db, self.Note, self.app)
 
     def checked_out(self) -> int:
-        state = self.app.extensions["sqlalchemy"].state_for(self.app)
-        return sum(engine.pool.checkedout() for engine in state.engines.values())
+        return checked_out(self.db, self.app)
 
 
 async def make_site(

@@ -12,8 +12,6 @@ import pytest
 import quart
 import sqlalchemy as sa
 from quart import stream_with_context
-from sqlalchemy.orm import Mapped
-from sqlalchemy.orm import mapped_column
 from werkzeug.exceptions import NotFound as HTTPNotFound
 
 from async_sa import models_committed
@@ -22,7 +20,10 @@ from async_sa import SQLAlchemy
 from async_sa.quart import QUART
 from async_sa.state import State
 from tests.conftest import Backend
+from tests.conftest import checked_out
+from tests.conftest import count
 from tests.conftest import NewDb
+from tests.conftest import note_model
 
 MakeApp = Callable[..., quart.Quart]
 
@@ -47,14 +48,6 @@ def db(new_db: NewDb) -> SQLAlchemy:
     return new_db()
 
 
-def note_model(db: SQLAlchemy) -> type[t.Any]:
-    class Note(db.Model):  # type: ignore[name-defined,misc]
-        id: Mapped[int] = mapped_column(primary_key=True)
-        text: Mapped[str] = mapped_column(sa.String(50), default="")
-
-    return Note
-
-
 def backend_name(backend: Backend) -> str:
     return sa.make_url(backend.url).get_backend_name()
 
@@ -62,20 +55,6 @@ def backend_name(backend: Backend) -> str:
 def app_state(app: quart.Quart) -> State:
     state: State = app.extensions["sqlalchemy"].state_for(app)
     return state
-
-
-async def count(app: quart.Quart, db: SQLAlchemy, model: type[t.Any]) -> int:
-    """Rows of ``model`` in ``app``'s database, as a fresh session sees them."""
-    async with app.app_context(), db.sessionmaker() as session:
-        return await session.scalar(sa.select(sa.func.count()).select_from(model)) or 0
-
-
-def checked_out(app: quart.Quart) -> int:
-    """Connections of ``app``'s engines not back in their pools."""
-    return sum(
-        engine.pool.checkedout()  # type: ignore[attr-defined]
-        for engine in app_state(app).engines.values()
-    )
 
 
 async def finished(db: SQLAlchemy) -> None:
@@ -300,8 +279,8 @@ async def test_teardown_rolls_back_and_never_commits(
     response = await app.test_client().post(f"/notes/1?status={status}")
     assert response.status_code == status
     await finished(db)
-    assert await count(app, db, Note) == 0
-    assert checked_out(app) == 0
+    assert await count(db, Note, app) == 0
+    assert checked_out(db, app) == 0
     assert not db.session.registry.registry
 
 
@@ -316,7 +295,7 @@ async def test_teardown_cancelled_during_the_close_raises_nothing_until_it_is_do
 
     @app.teardown_appcontext
     async def later_teardown(exc: BaseException | None) -> None:
-        steps.append(f"later teardown, checked out: {checked_out(app)}")
+        steps.append(f"later teardown, checked out: {checked_out(db, app)}")
 
     async def handler() -> None:
         async with app.app_context():
@@ -332,7 +311,7 @@ async def test_teardown_cancelled_during_the_close_raises_nothing_until_it_is_do
     with pytest.raises(asyncio.CancelledError):
         await task
     assert steps == ["later teardown, checked out: 0", "after teardown"]
-    assert await count(app, db, Note) == 0
+    assert await count(db, Note, app) == 0
 
 
 async def test_teardown_logs_instead_of_raising_when_close_fails(
@@ -357,7 +336,7 @@ async def test_teardown_logs_instead_of_raising_when_close_fails(
     monkeypatch.undo()
     assert response.status_code == 200
     assert "closing the request's session failed" in caplog.text
-    assert checked_out(app) == 0
+    assert checked_out(db, app) == 0
 
 
 async def test_app_context_in_a_cli_command_removes_the_session(
@@ -371,7 +350,7 @@ async def test_app_context_in_a_cli_command_removes_the_session(
         session = db.session()
     assert not db.session.registry.has()
     assert not session.in_transaction()
-    assert await count(app, db, Note) == 0
+    assert await count(db, Note, app) == 0
 
 
 async def test_websocket_session_is_removed(
@@ -393,8 +372,8 @@ async def test_websocket_session_is_removed(
         await socket.send("hello")
         assert await socket.receive() == "1"
     await finished(db)
-    assert await count(app, db, Note) == 1
-    assert checked_out(app) == 0
+    assert await count(db, Note, app) == 1
+    assert checked_out(db, app) == 0
 
 
 async def test_background_task_session_is_removed(
@@ -422,8 +401,8 @@ async def test_background_task_session_is_removed(
     await finished(db)
     assert sessions[0] is not sessions[1]
     assert not sessions[1].in_transaction()
-    assert await count(app, db, Note) == 1
-    assert checked_out(app) == 0
+    assert await count(db, Note, app) == 1
+    assert checked_out(db, app) == 0
 
 
 async def test_stream_with_context_keeps_a_session_for_the_stream(
@@ -449,7 +428,7 @@ async def test_stream_with_context_keeps_a_session_for_the_stream(
     response = await app.test_client().get("/notes.txt")
     assert await response.get_data(as_text=True) == "note 0\nnote 1\nnote 2\n"
     await finished(db)
-    assert checked_out(app) == 0
+    assert checked_out(db, app) == 0
     assert not db.session.registry.registry
 
 
@@ -558,8 +537,8 @@ async def test_commit_on_success_commits_below_400_only(
     app, Note = committing
     response = await app.test_client().post(f"/notes/100?status={status}")
     assert response.status_code == status
-    assert await count(app, db, Note) == stored
-    assert checked_out(app) == 0
+    assert await count(db, Note, app) == stored
+    assert checked_out(db, app) == 0
 
 
 async def test_failed_commit_is_a_500_and_nothing_is_stored(
@@ -571,10 +550,10 @@ async def test_failed_commit_is_a_500_and_nothing_is_stored(
     assert (await client.post("/notes/100")).status_code == 201
     response = await client.post("/notes/100")
     assert response.status_code == 500
-    assert await count(app, db, Note) == 2
+    assert await count(db, Note, app) == 2
     assert (await client.get("/read")).status_code == 200
     await finished(db)
-    assert checked_out(app) == 0
+    assert checked_out(db, app) == 0
 
 
 async def test_failed_commit_is_a_500_even_if_the_500_handler_says_200(
@@ -591,7 +570,7 @@ async def test_failed_commit_is_a_500_even_if_the_500_handler_says_200(
     assert (await client.post("/notes/100")).status_code == 201
     response = await client.post("/notes/100")
     assert response.status_code == 500
-    assert await count(app, db, Note) == 2
+    assert await count(db, Note, app) == 2
 
 
 async def test_failed_commit_propagates_when_testing(
@@ -621,7 +600,7 @@ async def test_failed_commit_propagates_when_testing(
     else:
         assert response.status_code == 500
     assert [type(error) for error in propagated] == [sa.exc.IntegrityError]
-    assert await count(app, db, Note) == 2
+    assert await count(db, Note, app) == 2
 
 
 def unwrapped(error: BaseException) -> BaseException:
@@ -663,8 +642,8 @@ async def test_commit_on_a_killed_connection_is_a_500_and_nothing_is_stored(
     client = app.test_client()
     assert (await client.post("/notes")).status_code == 500
     await finished(db)
-    assert checked_out(app) == 0
-    assert await count(app, db, Note) == 0
+    assert checked_out(db, app) == 0
+    assert await count(db, Note, app) == 0
 
 
 async def test_init_app_makes_a_metadata_per_configured_bind(

@@ -24,6 +24,7 @@ from examples.notes_app import create_app
 from examples.notes_app import db as notes_db
 from examples.notes_app import Note
 from tests.conftest import Backend
+from tests.conftest import checked_out
 from tests.conftest import on_heavy_backends
 from tests.servers import serving
 
@@ -35,17 +36,13 @@ PRESSURE_REQUESTS = 200
 SETTLE_SECONDS = 15.0
 
 
-def checked_out(app: quart.Quart) -> int:
-    state = app.extensions["sqlalchemy"].state_for(app)
-    return sum(engine.pool.checkedout() for engine in state.engines.values())
-
-
 async def settled(app: quart.Quart) -> None:
     """Wait (bounded) until the served app has given back every connection."""
+    db = app.extensions["sqlalchemy"]
     deadline = asyncio.get_running_loop().time() + SETTLE_SECONDS
-    while checked_out(app) and asyncio.get_running_loop().time() < deadline:
+    while checked_out(db, app) and asyncio.get_running_loop().time() < deadline:
         await asyncio.sleep(0.05)
-    assert checked_out(app) == 0
+    assert checked_out(db, app) == 0
 
 
 def slow_query(backend: Backend, seconds: float) -> sa.TextClause:
@@ -306,6 +303,6 @@ async def test_deferred_constraint_failing_at_commit_is_a_500(
             stored = (await db.session.scalars(sa.select(Child.parent_id))).all()
         assert stored == [1]
         await db.session.registry.wait_closed()
-        assert checked_out(app) == 0
+        assert checked_out(db, app) == 0
     finally:
         await db.dispose()

@@ -18,12 +18,10 @@ import httpx
 import pytest
 import quart
 import sqlalchemy as sa
-from sqlalchemy.orm import Mapped
-from sqlalchemy.orm import mapped_column
 
 from async_sa import SQLAlchemy
-from async_sa.state import State
 from tests.conftest import Backend
+from tests.conftest import note_model
 from tests.servers import assert_nothing_left_open
 from tests.servers import named_engine_options
 from tests.servers import serving
@@ -52,11 +50,7 @@ class NotesApp:
         )
         db.init_app(app)
 
-        class Note(db.Model):  # type: ignore[name-defined,misc]
-            id: Mapped[int] = mapped_column(primary_key=True)
-            text: Mapped[str] = mapped_column(sa.String(50))
-
-        self.Note = Note
+        self.Note = Note = note_model(db)
         self.slow_reached = asyncio.Event()
         self.failed_teardowns: asyncio.Queue[BaseException] = asyncio.Queue()
 
@@ -115,11 +109,6 @@ class NotesApp:
             await db.session.flush()
             await quart.websocket.send(str(note.id))
 
-    @property
-    def state(self) -> State:
-        state: State = self.app.extensions["sqlalchemy"].state_for(self.app)
-        return state
-
     async def create_tables(self) -> None:
         async with self.app.app_context():
             await self.db.create_all()
@@ -131,7 +120,7 @@ class NotesApp:
     async def assert_nothing_left_open(self) -> None:
         """No session registered, no connection checked out, none idle in tx."""
         await assert_nothing_left_open(
-            self.db, self.state, self.backend, self.application_name
+            self.db, self.app, self.backend, self.application_name
         )
 
 

@@ -14,21 +14,9 @@ from sqlalchemy.orm import mapped_column
 
 import async_sa
 from async_sa import SQLAlchemy
+from tests.conftest import count
 from tests.conftest import MakeDb
-
-
-def todo_model(db: SQLAlchemy) -> type[t.Any]:
-    class Todo(db.Model):  # type: ignore[name-defined,misc]
-        id: Mapped[int] = mapped_column(primary_key=True)
-        title: Mapped[str] = mapped_column(sa.String(50), default="")
-
-    return Todo
-
-
-async def count(db: SQLAlchemy, model: type[t.Any]) -> int:
-    """Rows of ``model`` as another session sees them."""
-    async with db.sessionmaker() as session:
-        return await session.scalar(sa.select(sa.func.count()).select_from(model)) or 0
+from tests.conftest import todo_model
 
 
 async def test_session_is_the_same_within_a_task(db: SQLAlchemy) -> None:

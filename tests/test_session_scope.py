@@ -13,10 +13,10 @@ import sqlalchemy as sa
 import async_sa
 from async_sa import signals
 from async_sa import SQLAlchemy
+from tests.conftest import checked_out
+from tests.conftest import count
 from tests.conftest import MakeDb
-from tests.test_lifecycle import checked_out
-from tests.test_session import count
-from tests.test_session import todo_model
+from tests.conftest import todo_model
 from tests.test_task_ownership import WRAPPERS
 
 

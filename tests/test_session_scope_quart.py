@@ -12,10 +12,10 @@ import sqlalchemy as sa
 
 from async_sa import SQLAlchemy
 from tests.conftest import Backend
+from tests.conftest import checked_out
+from tests.conftest import count
 from tests.conftest import NewDb
-from tests.test_quart_extension import checked_out
-from tests.test_quart_extension import count
-from tests.test_quart_extension import note_model
+from tests.conftest import note_model
 
 App = tuple[quart.Quart, SQLAlchemy, type[t.Any]]
 
@@ -85,7 +85,7 @@ async def test_a_request_changes_the_tests_object_and_the_test_sees_it(
             assert found is not None and found is note
             found.text = "by the test"
             await db.session.commit()
-    assert checked_out(app) == 0
+    assert checked_out(db, app) == 0
     async with app.app_context():
         assert await db.session.scalar(sa.select(Note.text)) == "by the test"
         await db.session.remove()
@@ -106,8 +106,8 @@ async def test_request_teardown_leaves_the_shared_session_open(
         assert response.status_code == 404
         assert pending in db.session
         assert db.session.in_transaction()
-    assert checked_out(app) == 0
-    assert await count(app, db, Note) == 0
+    assert checked_out(db, app) == 0
+    assert await count(db, Note, app) == 0
 
 
 async def test_a_background_task_awaited_by_the_test_shares_the_session(
@@ -122,4 +122,4 @@ async def test_a_background_task_awaited_by_the_test_shares_the_session(
         async with app.app_context():
             texts = (await db.session.scalars(sa.select(Note.text))).all()
             assert texts == ["from the background"]
-    assert checked_out(app) == 0
+    assert checked_out(db, app) == 0

@@ -12,14 +12,13 @@ from collections.abc import Iterator
 import pytest
 import sqlalchemy as sa
 import sqlalchemy.orm as sa_orm
-from sqlalchemy.orm import Mapped
-from sqlalchemy.orm import mapped_column
 
 import async_sa
 from async_sa import signals
 from async_sa import SQLAlchemy
 from tests.conftest import Backend
 from tests.conftest import MakeDb
+from tests.conftest import todo_model
 
 Changes = list[tuple[t.Any, str]]
 _EVENTS = [
@@ -29,14 +28,6 @@ _EVENTS = [
     "after_transaction_create",
     "after_transaction_end",
 ]
-
-
-def todo_model(db: SQLAlchemy) -> type[t.Any]:
-    class Todo(db.Model):  # type: ignore[name-defined,misc]
-        id: Mapped[int] = mapped_column(primary_key=True)
-        title: Mapped[str] = mapped_column(sa.String(50), default="")
-
-    return Todo
 
 
 async def titles(db: SQLAlchemy, model: type[t.Any]) -> list[str]:

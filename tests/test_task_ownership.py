@@ -19,9 +19,9 @@ import async_sa
 from async_sa import signals
 from async_sa import SQLAlchemy
 from tests.conftest import Backend
+from tests.conftest import count
 from tests.conftest import MakeDb
-from tests.test_session import count
-from tests.test_session import todo_model
+from tests.conftest import todo_model
 
 _T = t.TypeVar("_T")
 Wrapper = Callable[[Awaitable[t.Any]], Awaitable[t.Any]]

@@ -16,10 +16,10 @@ import async_sa
 from async_sa import signals
 from async_sa import SQLAlchemy
 from tests.conftest import Backend
+from tests.conftest import checked_out
+from tests.conftest import count
 from tests.conftest import MakeDb
-from tests.test_lifecycle import checked_out
-from tests.test_session import count
-from tests.test_session import todo_model
+from tests.conftest import todo_model
 
 
 @pytest.fixture

@@ -11,10 +11,10 @@ import quart
 import sqlalchemy as sa
 
 from tests.conftest import Backend
+from tests.conftest import checked_out
+from tests.conftest import count
 from tests.conftest import NewDb
-from tests.test_quart_extension import checked_out
-from tests.test_quart_extension import count
-from tests.test_quart_extension import note_model
+from tests.conftest import note_model
 from tests.test_session_scope_quart import App
 from tests.test_session_scope_quart import notes_app
 
@@ -40,8 +40,8 @@ async def test_requests_and_background_tasks_are_rolled_back(notes: App) -> None
         texts = await db.session.scalars(sa.select(Note.text).order_by(Note.id))
         assert texts.all() == ["by a request", "from the background"]
         assert note.text == "by a request"
-    assert checked_out(app) == 0
-    assert await count(app, db, Note) == 0
+    assert checked_out(db, app) == 0
+    assert await count(db, Note, app) == 0
 
 
 async def test_the_isolation_is_the_apps_whose_context_is_active(
@@ -59,7 +59,7 @@ async def test_the_isolation_is_the_apps_whose_context_is_active(
             db.session.add(Note(text="other app"))
             await db.session.commit()
             await db.session.remove()
-    assert await count(other, db, Note) == 1
+    assert await count(db, Note, other) == 1
     async with other.app_context():
         await db.dispose()
 
@@ -102,5 +102,5 @@ async def test_commit_on_success_commits_inside_the_isolation(
         assert not db.session.new
         async with db.sessionmaker() as session:
             assert await session.scalar(sa.select(Note.text)) == "committed on success"
-    assert checked_out(app) == 0
-    assert await count(app, db, Note) == 0
+    assert checked_out(db, app) == 0
+    assert await count(db, Note, app) == 0
