@@ -167,7 +167,7 @@ def main(argv: list[str] | None = None) -> int:
         skipped += e2e.skipped
     if "end_to_end_starlette" in names:
         results += end_to_end.run(
-            backends, settings, plot=None, framework="starlette"
+            served, settings, plot=None, framework="starlette"
         ).comparisons
     elapsed = time.monotonic() - started
     print(f"\ndone in {elapsed / 60:.1f} min")

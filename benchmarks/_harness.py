@@ -40,12 +40,12 @@ class Settings:
 
 @dataclasses.dataclass
 class Comparison:
-    """One scenario on one backend: async_sa (A) against its baseline (B).
+    """One scenario on one backend: async_sa (A) against its baseline (B), in
+    the same run: one ratio of A to B per round (see :func:`interleave`), and
+    each side's value per round for context.
 
-    ``ratios`` has one ratio per round: given (``round_ratios``, from
-    :func:`interleave`), else A's sample over B's. For times, lower is better
-    and the target is a maximum; for throughputs (``higher_is_better``) it is a
-    minimum.
+    For times, lower is better and the target is a maximum; for throughputs
+    (``higher_is_better``) it is a minimum.
     """
 
     scenario: str
@@ -55,14 +55,13 @@ class Comparison:
     b_label: str
     a_values: list[float]
     b_values: list[float]
+    ratios: list[float]
     unit: str = "ms"
     """How ``a_values``/``b_values`` are shown: ``ms`` (seconds, shown in ms per
     batch) or ``req/s``."""
     batch: str = ""
     """What one sample is, for the report (``"200 units of work"``)."""
     higher_is_better: bool = False
-    note: str = ""
-    round_ratios: list[float] | None = None
 
     @classmethod
     def of(
@@ -83,17 +82,9 @@ class Comparison:
             labels[1],
             samples.a,
             samples.b,
-            round_ratios=samples.ratios,
+            samples.ratios,
             **kwargs,
         )
-
-    @property
-    def ratios(self) -> list[float]:
-        if self.round_ratios is not None:
-            return self.round_ratios
-        return [
-            a / b for a, b in zip(self.a_values, self.b_values, strict=True) if b > 0
-        ]
 
     @property
     def median(self) -> float:

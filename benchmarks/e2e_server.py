@@ -47,6 +47,18 @@ APPS = (
 )
 
 
+class PlainBase(sa_orm.DeclarativeBase):
+    pass
+
+
+class PlainItem(PlainBase):
+    """The table as the hand-written apps map it."""
+
+    __tablename__ = TABLE
+    id: Mapped[int] = mapped_column(primary_key=True)
+    text: Mapped[str] = mapped_column(sa.String(200))
+
+
 def _text(body: t.Any) -> str:
     if not isinstance(body, dict) or not isinstance(body.get("text"), str):
         quart.abort(400)
@@ -100,18 +112,10 @@ def by_hand_app(url: str, engine_options: dict[str, t.Any]) -> quart.Quart:
     """(b) By hand: ``async_sessionmaker``, a session opened in ``before_request``
     and closed in ``teardown_appcontext``."""
 
-    class Base(sa_orm.DeclarativeBase):
-        pass
-
-    class Item(Base):
-        __tablename__ = TABLE
-        id: Mapped[int] = mapped_column(primary_key=True)
-        text: Mapped[str] = mapped_column(sa.String(200))
-
     app = quart.Quart(__name__)
     engine = sa_async.create_async_engine(url, **engine_options)
     make_session = sa_async.async_sessionmaker(engine, expire_on_commit=False)
-    add_routes(app, Item, make_session)
+    add_routes(app, PlainItem, make_session)
 
     @app.after_serving
     async def dispose() -> None:
@@ -212,26 +216,18 @@ def starlette_by_hand_app(url: str, engine_options: dict[str, t.Any]) -> t.Any:
     from starlette.responses import JSONResponse
     from starlette.routing import Route
 
-    class Base(sa_orm.DeclarativeBase):
-        pass
-
-    class Item(Base):
-        __tablename__ = TABLE
-        id: Mapped[int] = mapped_column(primary_key=True)
-        text: Mapped[str] = mapped_column(sa.String(200))
-
     engine = sa_async.create_async_engine(url, **engine_options)
     make_session = sa_async.async_sessionmaker(engine, expire_on_commit=False)
 
     async def get_item(request: Request) -> JSONResponse:
         async with make_session() as session:
-            item = await session.get(Item, request.path_params["item_id"])
+            item = await session.get(PlainItem, request.path_params["item_id"])
             if item is None:
                 raise HTTPException(404)
             return JSONResponse({"id": item.id, "text": item.text})
 
     async def add_item(request: Request) -> JSONResponse:
-        item = Item(text=_starlette_text(await request.json()))
+        item = PlainItem(text=_starlette_text(await request.json()))
         async with make_session() as session:
             session.add(item)
             await session.commit()
@@ -243,10 +239,11 @@ def starlette_by_hand_app(url: str, engine_options: dict[str, t.Any]) -> t.Any:
         except ValueError:
             raise HTTPException(404) from None
         async with make_session() as session:
-            total = await session.scalar(sa.select(sa.func.count()).select_from(Item))
+            count = sa.select(sa.func.count()).select_from(PlainItem)
+            total = await session.scalar(count)
             items = await session.scalars(
-                sa.select(Item)
-                .order_by(Item.id)
+                sa.select(PlainItem)
+                .order_by(PlainItem.id)
                 .limit(PER_PAGE)
                 .offset((page - 1) * PER_PAGE)
             )

@@ -408,6 +408,7 @@ def run(
                 other,
                 main[ours],
                 main[other],
+                [a / b for a, b in zip(main[ours], main[other], strict=True)],
                 unit="req/s",
                 batch=f"{per_round} × {slice_size(MAIN_CONCURRENCY)} requests",
                 higher_is_better=True,
