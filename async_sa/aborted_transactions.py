@@ -9,7 +9,7 @@ instead, and a savepoint rolled back after the error restores it on PostgreSQL.
 So a failed statement marks its connection (``handle_error``, which runs only
 on errors), and a session's commit asks each marked connection whether its
 transaction still runs statements (``SELECT 1`` on the driver connection).
-Commits with no failed statement cost one check of an empty set.
+Until a statement fails, a commit costs one look at a module flag.
 
 One case the question cannot see: MySQL and MariaDB roll the whole transaction
 back on a deadlock (error 1213), and the next statement silently starts a new
@@ -20,6 +20,7 @@ without asking.
 
 from __future__ import annotations
 
+import threading
 import typing as t
 import weakref
 from collections.abc import Iterable
@@ -36,6 +37,12 @@ _rolled_back: weakref.WeakKeyDictionary[sa.Connection, BaseException] = (
     weakref.WeakKeyDictionary()
 )
 """Connections whose transaction a MySQL deadlock rolled back, with the error."""
+_any_failed = False
+"""Whether :data:`_failed` may hold a connection: the check every commit makes
+(cheaper than asking the weak set, which the garbage collector empties).
+Set and cleared under :data:`_marking`, so a failure in another thread's loop
+is never lost between a commit finding the set empty and clearing the flag."""
+_marking = threading.Lock()
 MYSQL_DEADLOCK = 1213
 """MySQL's ``ER_LOCK_DEADLOCK``: the transaction was rolled back as a whole."""
 
@@ -47,9 +54,12 @@ def watch(engines: Iterable[sa_async.AsyncEngine]) -> None:
 
 
 def _statement_failed(context: sa.engine.ExceptionContext) -> None:
+    global _any_failed
     connection = context.connection
     if connection is not None:
-        _failed.add(connection)
+        with _marking:
+            _failed.add(connection)
+            _any_failed = True
         if _rolls_back_the_transaction(context):
             _rolled_back[connection] = context.original_exception
 
@@ -68,8 +78,13 @@ def refuse_aborted_commit(session: sa_orm.Session) -> None:
 
     :raises TransactionAbortedError: with the driver's error as the cause.
     """
-    if not _failed or session.in_nested_transaction():
+    global _any_failed
+    if not _any_failed or session.in_nested_transaction():
         return
+    with _marking:
+        if not _failed:
+            _any_failed = False
+            return
     transaction = session.get_transaction()
     if transaction is None:
         return

@@ -243,7 +243,8 @@ class ScopedSession(sa_async.async_scoped_session[_AS]):
         Inside :meth:`shared`, the shared session is left open (the scope
         closes it)."""
         task = current_task()
-        return self._remove(task, shared=self.registry.in_shared_scope())
+        shared = self.registry.open_scopes > 0 and self.registry.in_shared_scope()
+        return self._remove(task, shared=shared)
 
     async def _remove(self, task: asyncio.Task[t.Any], *, shared: bool) -> None:
         if shared:

@@ -17,7 +17,6 @@ from typing_extensions import TypedDict
 
 from async_sa import aborted_transactions
 from async_sa import replicas
-from async_sa import test_isolation
 from async_sa import track_modifications
 from async_sa.cleanup import close_within
 from async_sa.shared_session import one_task_at_a_time
@@ -51,10 +50,10 @@ class Session(sa_orm.Session):
     def __init__(self, *, async_sa_state: State, **kwargs: t.Any) -> None:
         self._async_sa_state = async_sa_state
         super().__init__(**kwargs)
-        if test_isolation.active():
-            test_isolation.join_if_isolated(self)
-        if self._async_sa_state.replicas:
-            replicas.route(self, self._async_sa_state.replicas)
+        if async_sa_state.isolation is not None:
+            async_sa_state.isolation.join(self)
+        if async_sa_state.replicas:
+            replicas.route(self, async_sa_state.replicas)
         if self._async_sa_state.track_modifications:
             track_modifications.track(self, self._async_sa_state.sender)
 
@@ -171,7 +170,11 @@ def _tracked(method: t.Callable[..., _Operation]) -> t.Any:
         if session._async_sa_users is not None:
             shared = one_task_at_a_time(session._async_sa_users, operation)
             operation = t.cast("_Operation", shared)
-        _remember(session, operation)
+        operations = session._async_sa_operations
+        if operations is not None and len(operations) < _PRUNE_AT:
+            operations.append(operation)  # _remember's common case, inlined
+        else:
+            _remember(session, operation)
         return operation
 
     if sys.version_info >= (3, 12):
@@ -332,5 +335,12 @@ class SessionMaker(sa_async.async_sessionmaker[_AS]):
     if not t.TYPE_CHECKING:  # the type checker keeps SQLAlchemy's signature
 
         def __call__(self, **local_kw):
+            # async_sessionmaker.__call__'s body, inlined (one frame fewer
+            # per session), ``info`` merged as there.
             local_kw["async_sa_state"] = self._find_state()
-            return super().__call__(**local_kw)
+            for key, value in self.kw.items():
+                if key == "info" and "info" in local_kw:
+                    local_kw["info"] = {**value, **local_kw["info"]}
+                else:
+                    local_kw.setdefault(key, value)
+            return self.class_(**local_kw)

@@ -15,6 +15,9 @@ from async_sa.errors import UnknownBindKeyError
 from async_sa.replicas import Replica
 from async_sa.replicas import ReplicaSet
 
+if t.TYPE_CHECKING:
+    from async_sa.test_isolation import TestIsolation
+
 
 @dataclasses.dataclass(eq=False)
 class State:
@@ -50,6 +53,9 @@ class State:
     """Engine per mapper and per table, filled as sessions route statements;
     only tables of the db's own metadatas (and their mappers) are kept, so
     tables made on the fly do not pile up."""
+    isolation: TestIsolation | None = None
+    """The ``db.test_isolation()`` entered for this owner, which every session
+    made for it joins (see :mod:`async_sa.test_isolation`)."""
 
     def __post_init__(self) -> None:
         self.sync_engines = {k: e.sync_engine for k, e in self.engines.items()}

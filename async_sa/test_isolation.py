@@ -34,7 +34,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import typing as t
-import weakref
 
 import sqlalchemy as sa
 import sqlalchemy.ext.asyncio as sa_async
@@ -48,9 +47,6 @@ from async_sa.state import State
 if t.TYPE_CHECKING:
     from async_sa.extension import SQLAlchemy
     from async_sa.session import Session
-
-_active: weakref.WeakKeyDictionary[State, TestIsolation] = weakref.WeakKeyDictionary()
-"""Owner state → its isolation, while one is entered."""
 
 
 class TestIsolation:
@@ -87,7 +83,7 @@ class TestIsolation:
                 "db.test_isolation()."
             )
         state = self._db._current_state()
-        if state in _active:
+        if state.isolation is not None:
             raise RuntimeError(
                 "db.test_isolation() is already active for this "
                 f"{_owner_name(state)}: isolations do not nest. Use "
@@ -122,7 +118,7 @@ class TestIsolation:
         joined.sync_engines = t.cast(dict[BindKey, sa.Engine], sync_connections)
         joined.replicas = {}
         self._joined = joined
-        _active[state] = self
+        state.isolation = self
         self._scope = self._db.session.shared().enter()
 
     async def __aexit__(self, *exc_info: object) -> None:
@@ -145,8 +141,8 @@ class TestIsolation:
             await _collect(errors, shared.close())
             shared = None
         await _collect(errors, self._db.session.registry.wait_closed())
-        if self._state is not None and _active.get(self._state) is self:
-            del _active[self._state]
+        if self._state is not None and self._state.isolation is self:
+            self._state.isolation = None
         connections, self._connections = self._connections, []
         for connection in connections:
             transaction = connection.get_transaction()
@@ -161,8 +157,11 @@ class TestIsolation:
 
     def join(self, session: Session) -> None:
         """Bind ``session`` (made for this isolation's owner) to its
-        connections, its transactions being savepoints there."""
-        assert self._joined is not None
+        connections, its transactions being savepoints there, if it is made in
+        this isolation's event loop (another loop's sessions are left alone:
+        the connections belong to this one)."""
+        if self._joined is None or self._loop is not asyncio._get_running_loop():
+            return
         session._async_sa_state = self._joined
         session.join_transaction_mode = "create_savepoint"
 
@@ -207,19 +206,6 @@ async def _collect(
         await step
     except Exception as error:
         errors.append(error)
-
-
-def join_if_isolated(session: Session) -> None:
-    """Called for every new session while an isolation is active anywhere:
-    join the isolation of the session's owner, if it has one in this loop."""
-    isolation = _active.get(session._async_sa_state)
-    if isolation is not None and isolation._loop is asyncio._get_running_loop():
-        isolation.join(session)
-
-
-def active() -> bool:
-    """Whether any isolation is entered (the cheap check made per session)."""
-    return bool(_active)
 
 
 def _owner_name(state: State) -> str:
