@@ -198,6 +198,22 @@ async def test_session_options_override_defaults(make_db: MakeDb) -> None:
         assert type(explicit) is Custom
 
 
+async def test_sessionmaker_merges_call_info_into_the_configured_info(
+    make_db: MakeDb,
+) -> None:
+    """``info`` given when making a session is merged into session_options'
+    ``info`` (the call's keys win), as async_sessionmaker does; other call
+    options replace the configured ones."""
+    db = make_db(
+        session_options={"info": {"app": "notes", "tier": "web"}, "autoflush": False}
+    )
+    async with db.sessionmaker(info={"tier": "worker"}, autoflush=True) as session:
+        assert session.info == {"app": "notes", "tier": "worker"}
+        assert session.sync_session.autoflush
+    assert db.session().info == {"app": "notes", "tier": "web"}
+    assert db.sessionmaker.kw["info"] == {"app": "notes", "tier": "web"}
+
+
 @pytest.mark.parametrize(
     ("options", "message"),
     [
