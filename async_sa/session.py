@@ -170,9 +170,12 @@ def _tracked(method: t.Callable[..., _Operation]) -> t.Any:
         if session._async_sa_users is not None:
             shared = one_task_at_a_time(session._async_sa_users, operation)
             operation = t.cast("_Operation", shared)
+        # _remember, but for the pruning, inlined: this runs per operation.
         operations = session._async_sa_operations
-        if operations is not None and len(operations) < _PRUNE_AT:
-            operations.append(operation)  # _remember's common case, inlined
+        if operations is None:
+            session._async_sa_operations = [operation]
+        elif len(operations) < _PRUNE_AT:
+            operations.append(operation)
         else:
             _remember(session, operation)
         return operation
