@@ -83,23 +83,39 @@ class CursorClosingConnection(sqlite3.Connection):
     query cancelled between execute and fetch) unfinalized, so SQLite keeps the
     connection alive as a "zombie" that holds its lock until garbage collection,
     and every other writer waits out the busy timeout.
+
+    The cursors are kept as plain weak references in a list pruned now and
+    then: this runs in aiosqlite's worker for every statement, where a
+    ``WeakSet`` cost two Python calls more per cursor (its ``add`` and the
+    removal callback when the cursor goes).
     """
 
     def __init__(self, *args: t.Any, **kwargs: t.Any) -> None:
         super().__init__(*args, **kwargs)
-        self._cursors: weakref.WeakSet[sqlite3.Cursor] = weakref.WeakSet()
+        self._cursors: list[weakref.ref[sqlite3.Cursor]] = []
+        self._prune_at = _FIRST_PRUNE
 
     def cursor(  # type: ignore[override]
         self, *args: t.Any, **kwargs: t.Any
     ) -> sqlite3.Cursor:
         cursor: sqlite3.Cursor = super().cursor(*args, **kwargs)
-        self._cursors.add(cursor)
+        cursors = self._cursors
+        if len(cursors) >= self._prune_at:
+            cursors[:] = [ref for ref in cursors if ref() is not None]
+            self._prune_at = max(_FIRST_PRUNE, 2 * len(cursors))
+        cursors.append(weakref.ref(cursor))
         return cursor
 
     def close(self) -> None:
-        for cursor in list(self._cursors):
-            cursor.close()
+        for ref in self._cursors:
+            cursor = ref()
+            if cursor is not None:
+                cursor.close()
         super().close()
+
+
+_FIRST_PRUNE = 64
+"""Cursor references a connection keeps before dropping those of dead ones."""
 
 
 async def _open_aiosqlite(*args: t.Any, **kwargs: t.Any) -> t.Any:
