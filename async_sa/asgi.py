@@ -78,8 +78,9 @@ logger = logging.getLogger("async_sa.asgi")
 
 
 class _Request:
-    """The request being served in this context: its query string, parsed on
-    first use, and the owner of the queries it records."""
+    """The request being served in this context: its scope, its query string
+    parsed on first use, and the owner of the queries it records. An HTTP
+    request's is its :class:`_Receiver`."""
 
     __slots__ = ("__weakref__", "_args", "scope")
 
@@ -180,24 +181,24 @@ class SessionMiddleware:
         self.app = app
         self.db = db
         self.commit_on_success = commit_on_success
+        self._watch_list: _WatchLater | None = None
+        """The watch list of the loop serving the requests, kept at hand."""
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        kind = scope["type"]
-        if kind == "http":
-            await self._http(scope, receive, send)
-        elif kind == "websocket":
-            await self._websocket(scope, receive, send)
-        elif kind == "lifespan":
-            await self.app(scope, receive, self._lifespan_sender(send))
-        else:
-            await self.app(scope, receive, send)
-
-    async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self._not_http(scope, receive, send)
+            return
+        # An HTTP request is served here rather than in a method awaited from
+        # here: every resumption of the request's task (each database round
+        # trip) would pass through that frame too.
         task = asyncio.current_task()
         assert task is not None  # an ASGI server runs each request in a task
-        receiver = _Receiver(receive, task, scope)
+        watch_list = self._watch_list
+        if watch_list is None or watch_list.loop() is not task.get_loop():
+            watch_list = self._watch_list = _watch_list(task.get_loop())
+        receiver = _Receiver(scope, receive, task, watch_list)
         response = _Response(self.db, send, self.commit_on_success, receiver)
-        token = _current_request.set(_Request(scope))
+        token = _current_request.set(receiver)
         try:
             try:
                 await self.app(scope, receiver.receive, response.send)
@@ -222,6 +223,15 @@ class SessionMiddleware:
             # Our own cancellation, for a client that went away: done.
             if sys.version_info >= (3, 11):
                 task.uncancel()
+
+    async def _not_http(self, scope: Scope, receive: Receive, send: Send) -> None:
+        kind = scope["type"]
+        if kind == "websocket":
+            await self._websocket(scope, receive, send)
+        elif kind == "lifespan":
+            await self.app(scope, receive, self._lifespan_sender(send))
+        else:
+            await self.app(scope, receive, send)
 
     async def _websocket(self, scope: Scope, receive: Receive, send: Send) -> None:
         token = _current_request.set(_Request(scope))
@@ -251,7 +261,7 @@ WATCH_AFTER = 0.1
 requests are answered sooner and never pay for a watcher task."""
 
 
-class _Receiver:
+class _Receiver(_Request):
     """The ``receive`` an HTTP request's app gets, and the watch for a client
     that goes away.
 
@@ -268,7 +278,6 @@ class _Receiver:
     """
 
     __slots__ = (
-        "_bodyless",
         "_first",
         "_read_body",
         "_reading",
@@ -281,11 +290,16 @@ class _Receiver:
     )
 
     def __init__(
-        self, receive: Receive, task: asyncio.Task[t.Any], scope: Scope
+        self,
+        scope: Scope,
+        receive: Receive,
+        task: asyncio.Task[t.Any],
+        watch_list: _WatchLater,
     ) -> None:
+        self.scope = scope
+        self._args = None
         self._receive = receive
         self._task = task
-        self._bodyless = not _has_body(scope)
         self._read_body = False
         """Whether the app has received the last body chunk (or a disconnect)."""
         self._reading = False
@@ -297,8 +311,8 @@ class _Receiver:
         """Whether the watcher cancelled the request's task."""
         self.done = False
         """Set once the response is complete: a disconnect cancels nothing then."""
-        self._watch_list = _watch_list(task.get_loop())
-        self._watch_list.add(self)
+        self._watch_list = watch_list
+        watch_list.add(self)
 
     async def receive(self) -> Message:
         first = self._first
@@ -324,7 +338,7 @@ class _Receiver:
             return self.done
         if self._read_body:
             self._watcher = asyncio.ensure_future(self._watch(None))
-        elif self._bodyless:
+        elif not _has_body(self.scope):
             self._first = self._task.get_loop().create_future()
             self._watcher = asyncio.ensure_future(self._watch(self._first))
         return True
@@ -362,28 +376,33 @@ class _Receiver:
 
 
 class _WatchLater:
-    """The requests of one loop not watched yet, with the time each started;
-    one timer every :data:`WATCH_AFTER` seconds, while there are any, starts
-    the watchers of those that have run that long (a timer per request would
-    cost more than most requests need). Refers to the loop weakly (it is a
-    value keyed by the loop); a request is forgotten when it ends."""
+    """The requests of one loop not watched yet. One timer every
+    :data:`WATCH_AFTER` seconds, while there are any, starts the watchers of
+    those already waiting at the previous tick (so each has run at least that
+    long, and less than twice that): a timer or a clock reading per request
+    would cost more than most requests need. Refers to the loop weakly (it is
+    a value keyed by the loop); a request is forgotten when it ends."""
 
-    __slots__ = ("_armed", "_loop", "_started")
+    __slots__ = ("_armed", "_due", "_new", "loop")
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self._loop = weakref.ref(loop)
-        self._started: dict[_Receiver, float] = {}
+        self.loop = weakref.ref(loop)
+        self._new: set[_Receiver] = set()
+        """Requests that started since the last tick."""
+        self._due: set[_Receiver] = set()
+        """Requests that were running at the last tick."""
         self._armed = False
 
     def add(self, receiver: _Receiver) -> None:
-        loop = self._loop()
-        assert loop is not None  # it is running the request
-        self._started[receiver] = loop.time()
+        self._new.add(receiver)
         if not self._armed:
+            loop = self.loop()
+            assert loop is not None  # it is running the request
             self._arm(loop)
 
     def forget(self, receiver: _Receiver) -> None:
-        self._started.pop(receiver, None)
+        self._new.discard(receiver)
+        self._due.discard(receiver)
 
     def _arm(self, loop: asyncio.AbstractEventLoop) -> None:
         # An empty context: no request's context variables reach the watchers.
@@ -391,14 +410,15 @@ class _WatchLater:
         self._armed = True
 
     def _check(self) -> None:
-        loop = self._loop()
-        assert loop is not None  # it is running this callback
-        due = loop.time() - WATCH_AFTER
-        for receiver, started in list(self._started.items()):
-            if started <= due and receiver.start_watching():
-                del self._started[receiver]
+        due = self._new
+        for receiver in list(self._due):
+            if not receiver.start_watching():
+                due.add(receiver)  # the app is reading: again at the next tick
+        self._due, self._new = due, set()
         self._armed = False
-        if self._started:
+        if due:
+            loop = self.loop()
+            assert loop is not None  # it is running this callback
             self._arm(loop)
 
 
