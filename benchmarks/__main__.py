@@ -16,6 +16,8 @@ from benchmarks import bind_routing
 from benchmarks import bulk_insert
 from benchmarks import end_to_end
 from benchmarks import memory
+from benchmarks import replica_end_to_end
+from benchmarks import replica_routing
 from benchmarks import report
 from benchmarks import unit_of_work
 from benchmarks._harness import Comparison
@@ -26,8 +28,15 @@ MICRO: dict[str, MicroScenario] = {
     "unit_of_work": unit_of_work.run,
     "bulk_insert": bulk_insert.run,
     "bind_routing": bind_routing.run,
+    "replica_routing": replica_routing.run,
 }
-SCENARIOS = [*MICRO, "memory", "end_to_end", "end_to_end_starlette"]
+SCENARIOS = [
+    *MICRO,
+    "memory",
+    "end_to_end",
+    "end_to_end_starlette",
+    "end_to_end_replica",
+]
 HERE = Path(__file__).resolve().parent
 
 
@@ -169,6 +178,10 @@ def main(argv: list[str] | None = None) -> int:
         results += end_to_end.run(
             served, settings, plot=None, framework="starlette"
         ).comparisons
+    if "end_to_end_replica" in names:
+        comparisons, why = replica_end_to_end.run(settings)
+        results += comparisons
+        skipped += why
     elapsed = time.monotonic() - started
     print(f"\ndone in {elapsed / 60:.1f} min")
     if output is not None:

@@ -40,6 +40,7 @@ TABLE = "bench_e2e_item"
 PER_PAGE = 20
 APPS = (
     "async_sa",
+    "async_sa_replica",
     "by_hand",
     "quart_sqlalchemy",
     "starlette_async_sa",
@@ -69,14 +70,20 @@ def _page() -> int:
     return quart.request.args.get("page", 1, type=int) or 1
 
 
-def async_sa_app(url: str, engine_options: dict[str, t.Any]) -> quart.Quart:
-    """(a) The async_sa Quart extension: the request's session is ``db.session``."""
+def async_sa_app(
+    url: str, engine_options: dict[str, t.Any], replicas: list[str] | None = None
+) -> quart.Quart:
+    """(a) The async_sa Quart extension: the request's session is ``db.session``.
+    ``--app async_sa_replica`` is the same with ``SQLALCHEMY_REPLICAS`` set to
+    ``--replicas``."""
     from async_sa import SQLAlchemy
 
     app = quart.Quart(__name__)
     app.config.update(
         SQLALCHEMY_DATABASE_URI=url, SQLALCHEMY_ENGINE_OPTIONS=engine_options
     )
+    if replicas:
+        app.config["SQLALCHEMY_REPLICAS"] = replicas
     db = SQLAlchemy(app)
 
     class Item(db.Model):  # type: ignore[name-defined,misc]
@@ -352,7 +359,15 @@ def main() -> None:
         "--engine-options", default="{}", help="create_async_engine options, JSON"
     )
     parser.add_argument("--port", type=int, required=True)
+    parser.add_argument(
+        "--replicas", default="[]", help="async_sa_replica: replica URLs, JSON"
+    )
     args = parser.parse_args()
+    if args.app == "async_sa_replica":
+        replicas = json.loads(args.replicas)
+        app = async_sa_app(args.url, json.loads(args.engine_options), replicas)
+        asyncio.run(serve(app, args.port))
+        return
     make_app = {
         "async_sa": async_sa_app,
         "by_hand": by_hand_app,

@@ -66,6 +66,7 @@ QUART_SQLALCHEMY_TARGET = 1.0
 QUART_SQLALCHEMY = "quart-sqlalchemy==3.0.4"
 APP_LABELS = {
     "async_sa": "async_sa (Quart extension)",
+    "async_sa_replica": "async_sa (Quart extension), reads on a replica",
     "by_hand": "hand-written async_sessionmaker",
     "quart_sqlalchemy": "quart-sqlalchemy 3.0.4",
     "starlette_async_sa": "async_sa (Starlette, ASGI middleware)",
@@ -170,11 +171,15 @@ class Server:
 
 @contextlib.contextmanager
 def servers(
-    apps: list[tuple[str, str]], backend: _backends.Backend, log_dir: Path
+    apps: list[tuple[str, str]],
+    backend: _backends.Backend,
+    log_dir: Path,
+    extra_args: dict[str, list[str]] | None = None,
 ) -> Iterator[list[Server]]:
     """Start one hypercorn process per ``(app, interpreter)``, in that order
     (an app may come several times), wait until each accepts connections;
-    stop them all afterwards."""
+    stop them all afterwards. ``extra_args``: app → more arguments of its
+    server."""
     options = json.dumps(backend.engine_options(**pool_options(backend)))
     started: list[Server] = []
     env = {**os.environ, "PYTHONPATH": str(HERE.parent)}
@@ -196,10 +201,11 @@ def servers(
                         options,
                         "--port",
                         str(port),
+                        *(extra_args or {}).get(app, []),
                     ],
                     stdout=output,
                     stderr=subprocess.STDOUT,
-                    env=env if app == "async_sa" else None,
+                    env=env if app.startswith("async_sa") else None,
                 )
             started.append(Server(app, number, port, process, log))
         for server in started:
