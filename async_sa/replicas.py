@@ -3,8 +3,8 @@
 A bind may list replicas (``{"url": PRIMARY, "replicas": [URL, ...]}``, or
 ``SQLALCHEMY_REPLICAS`` for the default bind): each gets an engine of its own,
 made with its primary's options. A session of an owner that has replicas gets
-:class:`ReplicaRouting` mixed into its class when it is made; sessions of other
-owners run none of this code.
+:class:`ReplicaRouting` mixed into its class (see :func:`routed_class`);
+sessions of other owners run none of this code.
 
 Routing happens in ``get_bind``, after the bind key has picked the primary
 engine (see :class:`async_sa.session.Session`):
@@ -43,8 +43,8 @@ The broken connection is closed and dropped from the session's transaction;
 the pool discards it. A statement the replica itself rejects (a function that
 writes, run on a read-only standby) is raised as usual. A replica that hangs
 instead of refusing holds the read until its driver's connect or command
-timeout: set one in the replica's options. Streamed results
-(``session.stream``) are not run again.
+timeout: set one in the replica's options. A stream (``session.stream``)
+broken once its rows flow is not run again.
 
 Lag (PostgreSQL): with ``"max_replica_lag": SECONDS`` in the bind's dict
 form, a session picking a replica skips one that lags more (measured with
@@ -213,17 +213,25 @@ class ReplicaSet:
 
 
 class ReplicaRouting(sa_orm.Session):
-    """Mixed into the class of a session whose owner has replicas (see
-    :func:`route`): reads of a bind with replicas go to one of them."""
+    """Mixed into the class of the sessions of an owner that has replicas
+    (see :func:`routed_class`): reads of a bind with replicas go to one of
+    them."""
 
-    _async_sa_replicas: dict[sa.Engine, ReplicaSet]
-    """Primary engine → its replicas."""
-    _async_sa_chosen: dict[sa.Engine, Replica]
+    # Class-level defaults, replaced per session when first changed: a
+    # session pays for its own only when it reads a replica or writes.
+    _async_sa_replicas: dict[sa.Engine, ReplicaSet] = {}
+    """Primary engine → its replicas (see :func:`start_routing`); none under
+    test isolation, where this class routes nothing."""
+    _async_sa_chosen: dict[sa.Engine, Replica] = {}
     """Primary engine → the replica this session reads from."""
-    _async_sa_wrote: set[sa.Engine]
+    _async_sa_wrote: frozenset[sa.Engine] = frozenset()
     """The primary engines this session wrote to."""
-    _async_sa_picked: Replica | None
+    _async_sa_picked: Replica | None = None
     """The replica the statement being executed was sent to."""
+    # The methods this class overrides, of the class it is mixed into (set by
+    # routed_class): calling them is cheaper than super().
+    _async_sa_base_get_bind: t.Callable[..., t.Any] = sa_orm.Session.get_bind
+    _async_sa_base_execute: t.Callable[..., t.Any] = sa_orm.Session._execute_internal
 
     def get_bind(
         self,
@@ -238,8 +246,11 @@ class ReplicaRouting(sa_orm.Session):
         replicas; see :mod:`async_sa.replicas`."""
         if bind is not None:
             return bind
-        # An Engine but under test isolation, where sessions are not routed.
-        engine = t.cast(sa.Engine, super().get_bind(mapper, clause=clause, **kwargs))
+        # An Engine (a Connection only under test isolation, which routes
+        # nothing to replicas).
+        engine: sa.Engine = self._async_sa_base_get_bind(
+            mapper, clause=clause, **kwargs
+        )
         replicas = self._async_sa_replicas.get(engine)
         if replicas is None:
             return engine
@@ -266,12 +277,13 @@ class ReplicaRouting(sa_orm.Session):
             chosen = replicas.pick()
             if chosen is None:
                 return engine
-            self._async_sa_chosen[engine] = chosen
+            self._async_sa_chosen = {**self._async_sa_chosen, engine: chosen}
         self._async_sa_picked = chosen
         return chosen.engine
 
     def _async_sa_wrote_to(self, engine: sa.Engine) -> None:
-        self._async_sa_wrote.add(engine)
+        if engine not in self._async_sa_wrote:
+            self._async_sa_wrote = self._async_sa_wrote | {engine}
         written = _written.get()
         if engine not in written:
             _written.set(written | {engine})
@@ -282,7 +294,7 @@ class ReplicaRouting(sa_orm.Session):
         outer = self._async_sa_picked
         self._async_sa_picked = None
         try:
-            result = super()._execute_internal(*args, **kwargs)
+            result = self._async_sa_base_execute(*args, **kwargs)
         except Exception as error:
             failed = self._async_sa_picked
             if failed is None or not _replica_failed(self, failed, error):
@@ -340,14 +352,15 @@ def _describe(error: BaseException) -> str:
     return f"{name}: {first_line}" if first_line else name
 
 
-_routed_classes: dict[type, type] = {}
+_routed_classes: dict[type, type[ReplicaRouting]] = {}
 """Session class → the same with :class:`ReplicaRouting` first, made once."""
 
 
-def route(session: sa_orm.Session, replicas: dict[sa.Engine, ReplicaSet]) -> None:
-    """Route ``session``'s reads to ``replicas`` (primary engine → its
-    replicas): its class becomes its own with :class:`ReplicaRouting` first."""
-    cls = type(session)
+def routed_class(cls: type[sa_orm.Session]) -> type[ReplicaRouting]:
+    """The session class ``cls`` with :class:`ReplicaRouting` first, made once:
+    sessions of owners with replicas are made of it (made so from the start,
+    rather than given a new ``__class__``, they keep CPython's compact
+    attribute storage)."""
     routed = _routed_classes.get(cls)
     if routed is None:
         routed = _routed_classes[cls] = types.new_class(
@@ -357,14 +370,19 @@ def route(session: sa_orm.Session, replicas: dict[sa.Engine, ReplicaSet]) -> Non
                 __module__=cls.__module__,
                 __qualname__=cls.__qualname__,
                 __doc__=cls.__doc__,
+                _async_sa_base_get_bind=cls.get_bind,
+                _async_sa_base_execute=cls._execute_internal,
             ),
         )
-    session.__class__ = routed
-    routing = t.cast(ReplicaRouting, session)
-    routing._async_sa_replicas = replicas
-    routing._async_sa_chosen = {}
-    routing._async_sa_wrote = set()
-    routing._async_sa_picked = None
+    return routed
+
+
+def start_routing(session: sa_orm.Session) -> None:
+    """Give a new session of a :func:`routed_class` its routing state: the
+    replicas of its owner (none under test isolation)."""
+    replicas = session._async_sa_state.replicas  # type: ignore[attr-defined]
+    if replicas:
+        session._async_sa_replicas = replicas  # type: ignore[attr-defined]
 
 
 def forget_writes() -> None:

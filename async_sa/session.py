@@ -37,6 +37,8 @@ class Session(sa_orm.Session):
     engines, in this order: an explicit ``bind``; ``bind_arguments={"bind_key":
     ...}``; the bind key of the mapped table; the first table of a Core statement
     (selects, joins, subqueries, insert/update/delete); the default engine.
+    An owner with read replicas has its sessions' reads sent to them (see
+    :mod:`async_sa.replicas`).
 
     Made while ``db.test_isolation()`` is active for its owner, it is bound to
     the isolation's connections (see :mod:`async_sa.test_isolation`).
@@ -52,8 +54,6 @@ class Session(sa_orm.Session):
         super().__init__(**kwargs)
         if async_sa_state.isolation is not None:
             async_sa_state.isolation.join(self)
-        if async_sa_state.replicas:
-            replicas.route(self, async_sa_state.replicas)
         if self._async_sa_state.track_modifications:
             track_modifications.track(self, self._async_sa_state.sender)
 
@@ -326,7 +326,9 @@ class SessionOptions(TypedDict, t.Generic[_AS], total=False):
 class SessionMaker(sa_async.async_sessionmaker[_AS]):
     """``db.sessionmaker``: an ``async_sessionmaker`` whose sessions belong to the
     owner current when each is made (the standalone ``db``, or the app of the
-    current context), whose engines they route to.
+    current context), whose engines they route to. When that owner has read
+    replicas, the sync session's class has
+    :class:`~async_sa.replicas.ReplicaRouting` mixed in.
 
     :param find_state: returns the current owner's :class:`State`.
     """
@@ -340,10 +342,17 @@ class SessionMaker(sa_async.async_sessionmaker[_AS]):
         def __call__(self, **local_kw):
             # async_sessionmaker.__call__'s body, inlined (one frame fewer
             # per session), ``info`` merged as there.
-            local_kw["async_sa_state"] = self._find_state()
+            state = local_kw["async_sa_state"] = self._find_state()
             for key, value in self.kw.items():
                 if key == "info" and "info" in local_kw:
                     local_kw["info"] = {**value, **local_kw["info"]}
                 else:
                     local_kw.setdefault(key, value)
-            return self.class_(**local_kw)
+            if not state.replicas:
+                return self.class_(**local_kw)
+            local_kw["sync_session_class"] = replicas.routed_class(
+                local_kw["sync_session_class"]
+            )
+            session = self.class_(**local_kw)
+            replicas.start_routing(session.sync_session)
+            return session
