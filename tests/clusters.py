@@ -181,6 +181,23 @@ def create_cluster(
     if port is None:
         raise ClusterUnavailable(f"no free port in {ports.start}-{ports.stop - 1}")
     name = f"{name_prefix}{uuid.uuid4().hex[:8]}"
+    _create_cluster(version, name, port)
+    try:
+        try:
+            _run("pg_ctlcluster", "--skip-systemctl-redirect", version, name, "start")
+            shown = _run("pg_conftool", "-s", version, name, "show", "data_directory")
+        except (RuntimeError, OSError, subprocess.TimeoutExpired) as error:
+            raise ClusterUnavailable(f"starting the cluster failed: {error}") from None
+        yield PgCluster(version, name, port, pathlib.Path(shown.strip()))
+    finally:
+        _run("pg_dropcluster", "--stop", version, name)
+
+
+def _create_cluster(version: str, name: str, port: int) -> None:
+    """``pg_createcluster`` (trust auth, no fsync) on ``port``, not started.
+
+    :raises ClusterUnavailable: it failed.
+    """
     try:
         _run(
             "pg_createcluster",
@@ -195,15 +212,6 @@ def create_cluster(
         )
     except (RuntimeError, OSError, subprocess.TimeoutExpired) as error:
         raise ClusterUnavailable(f"pg_createcluster failed: {error}") from None
-    try:
-        try:
-            _run("pg_ctlcluster", "--skip-systemctl-redirect", version, name, "start")
-            shown = _run("pg_conftool", "-s", version, name, "show", "data_directory")
-        except (RuntimeError, OSError, subprocess.TimeoutExpired) as error:
-            raise ClusterUnavailable(f"starting the cluster failed: {error}") from None
-        yield PgCluster(version, name, port, pathlib.Path(shown.strip()))
-    finally:
-        _run("pg_dropcluster", "--stop", version, name)
 
 
 @contextlib.contextmanager
@@ -231,20 +239,7 @@ def create_standby(
     if port is None:
         raise ClusterUnavailable(f"no free port in {ports.start}-{ports.stop - 1}")
     version, name = primary.version, f"{name_prefix}{uuid.uuid4().hex[:8]}"
-    try:
-        _run(
-            "pg_createcluster",
-            version,
-            name,
-            "-p",
-            str(port),
-            "-o",
-            "fsync=off",
-            "--",
-            "--auth=trust",
-        )
-    except (RuntimeError, OSError, subprocess.TimeoutExpired) as error:
-        raise ClusterUnavailable(f"pg_createcluster failed: {error}") from None
+    _create_cluster(version, name, port)
     try:
         data_dir = pathlib.Path(
             _run("pg_conftool", "-s", version, name, "show", "data_directory").strip()
